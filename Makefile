@@ -1,0 +1,41 @@
+# Two commands for a fresh machine; each does all of its own set-up.
+#   make demo   the daemon on a demo line: alerts arrive at an MQTT subscriber (private mosquitto)
+#   make test   the whole test suite (installs the training extra and the test peers)
+#
+# pip runs --isolated: this machine's pip configuration points at a local torch build that the
+# registry's torchvision does not load with; the registry's own torch/torchvision pair does.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+PIP     = $(BIN)/pip --isolated --disable-pip-version-check -q
+DEMO_OUT ?= demo-output
+
+.PHONY: demo test venv clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Stamps: reinstall only when pyproject.toml changes.
+$(VENV)/.device-installed: pyproject.toml | $(BIN)/python
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[train,dev]'
+	$(BIN)/python -c "import torchvision.ops, ultralytics, onnxruntime, cv2"
+	touch $@ $(VENV)/.device-installed
+
+venv: $(VENV)/.device-installed
+
+demo: $(VENV)/.device-installed
+	scripts/system-packages.sh demo
+	$(BIN)/edge-inspect detect samples --save $(DEMO_OUT)
+	$(BIN)/edge-inspect demo
+
+test: $(VENV)/.test-installed
+	scripts/system-packages.sh test
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

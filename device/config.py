@@ -1,0 +1,203 @@
+"""The daemon's configuration: pydantic models with defaults, validated with errors that name the
+bad key (`cameras.0.source: ...`). Loaded from YAML; under Greengrass the component
+configuration is merged over the file (see `merge_config`)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # safe in MQTT topics and file names
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; `str()` lists every bad key with its problem."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TlsConfig(Strict):
+    enabled: bool = False
+    ca_certs: Path | None = None
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    insecure: bool = Field(False, description="skip host name checks (never in production)")
+
+    @model_validator(mode="after")
+    def _cert_pair(self) -> "TlsConfig":
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("certfile and keyfile go together (client certificate authentication)")
+        if self.enabled:
+            for name in ("ca_certs", "certfile", "keyfile"):
+                path = getattr(self, name)
+                if path is not None and not Path(path).is_file():
+                    raise ValueError(f"{name} {path} is not a file")
+        return self
+
+
+class MqttConfig(Strict):
+    enabled: bool = True
+    host: str = "localhost"
+    port: int = Field(1883, ge=1, le=65535)
+    topic_prefix: str = Field("edge-inspect", pattern=r"^[A-Za-z0-9_/-]{1,100}$")
+    client_id: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None  # SecretStr: never printed in logs or errors
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    tls: TlsConfig = TlsConfig()
+    max_queued_events: int = Field(10000, ge=10, description="events kept while the broker is away")
+    reconnect_min_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _no_wildcards(cls, value: str) -> str:
+        if value.startswith("/") or value.endswith("/") or "//" in value:
+            raise ValueError("topic_prefix must not start or end with '/' or contain '//'")
+        return value
+
+
+class ModelConfig(Strict):
+    path: Path | None = Field(None, description="ONNX model; default: the bundled model")
+    watch: bool = Field(True, description="swap in a new model when the file changes")
+    watch_interval_s: float = Field(2.0, gt=0)
+    providers: list[str] = ["CPUExecutionProvider"]
+
+
+class ClassRule(Strict):
+    min_confidence: float = Field(0.5, ge=0, le=1)
+    min_area_px: float = Field(0, ge=0, description="smallest box area (pixels) that counts")
+
+
+class EventsConfig(Strict):
+    min_hits: int = Field(3, ge=1, description="a defect is new when seen in N ...")
+    window: int = Field(5, ge=1, description="... of the last M frames")
+    end_after_s: float = Field(2.0, gt=0, description="end a defect once gone this long")
+    update_min_delta: float = Field(0.05, ge=0, description="score rise that earns an update")
+    match_iou: float = Field(0.3, gt=0, le=1, description="IoU that ties a box to a tracked defect")
+    default: ClassRule = ClassRule()
+    classes: dict[str, ClassRule] = {}
+
+    @model_validator(mode="after")
+    def _window(self) -> "EventsConfig":
+        if self.min_hits > self.window:
+            raise ValueError(f"min_hits ({self.min_hits}) cannot exceed window ({self.window})")
+        return self
+
+    def rule(self, class_name: str) -> ClassRule:
+        return self.classes.get(class_name, self.default)
+
+
+class CameraConfig(Strict):
+    id: str = Field(pattern=ID_PATTERN)
+    source: str | int = Field(description="USB index, rtsp://, http(s)://, a video file or a folder")
+    kind: Literal["auto", "usb", "stream", "file", "folder"] = "auto"
+    watchdog_s: float = Field(5.0, gt=0, description="no frame this long: reopen the camera")
+    reconnect_min_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+    loop: bool = Field(False, description="file sources: start again at the end")
+    realtime: bool = Field(False, description="file sources: pace frames at the file's fps")
+    queue_size: int = Field(2, ge=1, le=100)
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str | int) -> str | int:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("source is empty")
+        return value
+
+    def resolved_kind(self) -> str:
+        if self.kind != "auto":
+            return self.kind
+        if isinstance(self.source, int) or str(self.source).isdigit():
+            return "usb"
+        if "://" in str(self.source):
+            return "stream"
+        return "folder" if Path(str(self.source)).is_dir() else "file"
+
+
+class StatsConfig(Strict):
+    interval_s: float = Field(10.0, gt=0)
+    prometheus_port: int | None = Field(None, ge=1, le=65535)
+    prometheus_host: str = "127.0.0.1"
+
+
+class FileSinkConfig(Strict):
+    path: Path | None = Field(None, description="append every message as a JSON line here")
+
+
+class DaemonConfig(Strict):
+    thing_name: str = Field("edge-inspect-dev", pattern=ID_PATTERN)
+    transport: Literal["auto", "mqtt", "greengrass", "none"] = "auto"
+    mqtt: MqttConfig = MqttConfig()
+    model: ModelConfig = ModelConfig()
+    cameras: list[CameraConfig] = Field(min_length=1)
+    events: EventsConfig = EventsConfig()
+    stats: StatsConfig = StatsConfig()
+    file_sink: FileSinkConfig = FileSinkConfig()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _unique_cameras(self) -> "DaemonConfig":
+        ids = [c.id for c in self.cameras]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"camera ids must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+
+# Keys that take effect without a restart when a configuration update arrives; anything else
+# in an update is kept for the next start and logged as such.
+LIVE_KEYS = ("events", "stats", "log_level")
+
+
+def format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        lines.append(f"{key}: {item['msg']}")
+    return "; ".join(lines)
+
+
+def parse_config(data: Any, origin: str = "config") -> DaemonConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return DaemonConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{origin}: {format_validation_error(exc)}") from None
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def merge_config(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, anything else (lists included) is replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_config(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_config(path: str | Path) -> DaemonConfig:
+    return parse_config(load_config_file(path), origin=str(path))

@@ -1,0 +1,103 @@
+"""Model hot swap. A watcher notices a new model file (a watched path, or the Greengrass model
+component's artifact after a deployment), loads and checks it in the background, and offers it to
+the inference stage, which swaps at a frame boundary. A model that fails the check is refused and
+the old one keeps serving; either way an operational message says what happened."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from device.detector import Detector, ModelError
+from device.model_card import card_path_for, ModelCard
+
+log = logging.getLogger(__name__)
+
+
+def model_identity(detector: Detector) -> dict[str, str]:
+    """Name, version and sha256 of a loaded model, as every event and stats message carries it.
+    The version is the model card's `version` (set by the registry) when there is one, else the
+    card's creation time, else the first 12 hex digits of the sha256."""
+    info = detector.info
+    version = info.sha256[:12]
+    card_file = card_path_for(info.path)
+    if card_file.is_file():
+        try:
+            card = ModelCard.read(card_file)
+            version = str(getattr(card, "version", None) or card.created or version)
+        except (ValueError, OSError):
+            log.warning("model card %s unreadable; version from the sha256", card_file)
+    return {"name": info.name, "version": version, "sha256": info.sha256}
+
+
+def check_candidate(detector: Detector, reference: np.ndarray | None) -> None:
+    """A model must run on a real frame (or a grey one before any frame) and return sane output."""
+    frame = reference if reference is not None else np.full((480, 640, 3), 114, np.uint8)
+    found = detector.detect(frame)
+    for det in found:
+        if not all(np.isfinite(det.box)) or not 0 <= det.confidence <= 1:
+            raise ModelError(f"{detector.info.path} returns non-finite boxes or scores")
+
+
+class ModelManager:
+    """Holds the serving detector; swaps only when the inference stage calls `take_pending`."""
+
+    def __init__(self, path: Path, providers: Sequence[str], on_message: Callable[[str, str, str], None]) -> None:
+        self.path, self.providers = Path(path), list(providers)
+        self._on_message = on_message  # (type, message, candidate path)
+        self.detector = Detector(self.path, providers=self.providers)
+        self.identity = model_identity(self.detector)
+        self._pending: Detector | None = None
+        self._lock = threading.Lock()
+        self._fingerprint = self._stat()
+        self.reference_frame: np.ndarray | None = None
+        self.swaps = 0
+        self.rejections = 0
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return (stat.st_mtime_ns, stat.st_size)
+
+    def poll(self) -> None:
+        """Called by the watcher thread: load and check a changed file."""
+        fingerprint = self._stat()
+        if fingerprint is None or fingerprint == self._fingerprint:
+            return
+        self._fingerprint = fingerprint
+        self.offer(self.path)
+
+    def offer(self, candidate_path: Path) -> bool:
+        try:
+            candidate = Detector(candidate_path, providers=self.providers)
+            check_candidate(candidate, self.reference_frame)
+            if candidate.info.sha256 == self.detector.info.sha256:
+                return False
+        except Exception as exc:  # any failure to load or run: refuse, keep serving
+            self.rejections += 1
+            log.error("model %s refused, keeping %s: %s", candidate_path, self.identity["name"], exc)
+            self._on_message("model_rejected", f"refused: {exc}", str(candidate_path))
+            return False
+        with self._lock:
+            self._pending = candidate
+        log.info("model %s checked; swapping at the next frame", candidate_path)
+        return True
+
+    def take_pending(self) -> bool:
+        """At a frame boundary: swap in a checked model if one waits. True if swapped."""
+        with self._lock:
+            candidate, self._pending = self._pending, None
+        if candidate is None:
+            return False
+        old = self.identity
+        self.detector, self.identity = candidate, model_identity(candidate)
+        self.swaps += 1
+        self._on_message("model_swapped", f"now serving {self.identity['name']} {self.identity['sha256'][:12]} "
+                         f"(was {old['sha256'][:12]})", str(candidate.info.path))
+        return True

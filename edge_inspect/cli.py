@@ -1,0 +1,206 @@
+"""The `edge-inspect` command. Each subcommand imports what it needs when it runs, so the device
+commands work on an install without the `train`/`cloud` extras."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from edge_inspect.paths import bundled_model_path
+
+
+class CliError(Exception):
+    """An error to print as one line and exit 2, without a traceback."""
+
+
+def _add_detect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("detect", help="detect defects in images or folders of images")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    p.add_argument("--model", type=Path, default=None, help="ONNX model (default: the bundled model)")
+    p.add_argument("--conf", type=float, default=0.25, help="minimum confidence (default 0.25)")
+    p.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold (default 0.7)")
+    p.add_argument("--save", type=Path, default=None, metavar="DIR", help="write annotated copies here")
+    p.add_argument("--json", action="store_true", help="print one JSON object per image and line")
+    p.set_defaults(func=cmd_detect)
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="mAP of an ONNX model on a YOLO dataset, through the device detector")
+    p.add_argument("--model", type=Path, default=None, help="ONNX model (default: the bundled model)")
+    p.add_argument("--data", type=Path, required=True, help="data.yaml, or a folder images/ with labels/ beside")
+    p.add_argument("--split", default="test", help="split of data.yaml to score (default: test)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(func=cmd_eval)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a detector from the label table (needs the 'train' extra)")
+    p.add_argument("--labels", type=Path, required=True, help="label table (CSV, Feature Store shape)")
+    p.add_argument("--images-root", type=Path, default=None, help="folder source_ref is relative to")
+    p.add_argument("--out", type=Path, required=True, help="run folder; run again to resume")
+    p.add_argument("--name", default="metal-tags-yolov8n", help="model name (file name of the ONNX)")
+    p.add_argument("--model-yaml", default="yolov8n.yaml")
+    p.add_argument("--imgsz", type=int, default=448)
+    p.add_argument("--epochs", type=int, default=120)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--split", default="0.70,0.15,0.15", help="train,val,test fractions by photo")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--aug", action="append", default=[], metavar="KEY=VALUE",
+                   help="Ultralytics augmentation override, e.g. --aug flipud=0.5 (repeatable)")
+    p.add_argument("--mlflow", action="store_true", help="let Ultralytics log to MLflow")
+    p.add_argument("--fresh", action="store_true", help="discard a previous run in --out")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="the edge daemon: cameras -> detector -> defect alerts")
+    p.add_argument("--config", type=Path, default=None,
+                   help="YAML config (under Greengrass the component configuration is merged over it)")
+    p.add_argument("--check-config", action="store_true", help="validate the config and the model, then exit")
+    p.set_defaults(func=cmd_run)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the daemon on a demo line, alerts arriving over a private MQTT broker")
+    p.add_argument("--model", type=Path, default=None, help="ONNX model (default: the bundled model)")
+    p.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-inspect", description="Visual quality inspection at the edge.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_detect(sub)
+    _add_eval(sub)
+    _add_train(sub)
+    _add_run(sub)
+    _add_demo(sub)
+    return parser
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from device.detect_files import detect_files
+
+    summary = detect_files(
+        args.paths,
+        model_path=args.model or bundled_model_path(),
+        conf=args.conf,
+        iou=args.iou,
+        save_dir=args.save,
+        emit=(lambda obj: print(json.dumps(obj), flush=True)) if args.json else None,
+    )
+    print(summary.line(), file=sys.stderr if args.json else sys.stdout)
+    return 0 if not summary.failed else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from device.daemon import build_daemon, default_model_path, install_signal_handlers
+    from device.config import load_config
+    from device.detector import Detector
+    from device.logs import setup_json_logging
+
+    if args.check_config:
+        if args.config is None:
+            raise CliError("--check-config needs --config FILE")
+        config = load_config(args.config)
+        model = Detector(config.model.path or default_model_path(), providers=config.model.providers)
+        print(f"{args.config}: OK ({len(config.cameras)} camera(s), model {model.info.name}, "
+              f"thing {config.thing_name})")
+        return 0
+    setup_json_logging()
+    daemon = build_daemon(args.config)
+    logging.getLogger().setLevel(daemon.config.log_level)
+    install_signal_handlers(daemon)
+    return daemon.run()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edge_inspect.demo import run_demo
+
+    logging.getLogger().setLevel(logging.WARNING)
+    return run_demo(args.model)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from cloud.evaluation import evaluate
+
+    result = evaluate(args.model or bundled_model_path(), args.data, args.split)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(
+            f"{args.split}: mAP50 {result.map50:.4f}  mAP50-95 {result.map50_95:.4f}  "
+            f"precision {result.precision:.4f}  recall {result.recall:.4f}  "
+            f"({result.images} images, {result.instances} instances)"
+        )
+    return 0
+
+
+def _parse_aug(pairs: list[str]) -> dict[str, float]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            raise CliError(f"--aug {pair!r}: expected KEY=NUMBER, e.g. flipud=0.5")
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cloud.training import TrainSettings, run_training
+
+    try:
+        fractions = [float(x) for x in args.split.split(",")]
+        train_f, val_f, test_f = fractions
+    except ValueError:
+        raise CliError(f"--split {args.split!r}: expected three fractions, e.g. 0.7,0.15,0.15") from None
+    settings = TrainSettings(
+        labels=args.labels, images_root=args.images_root, name=args.name, model_yaml=args.model_yaml,
+        imgsz=args.imgsz, epochs=args.epochs, batch=args.batch, seed=args.seed, split_seed=args.split_seed,
+        train_fraction=train_f, val_fraction=val_f, test_fraction=test_f, workers=args.workers,
+        augment=_parse_aug(args.aug), mlflow=args.mlflow,
+    )
+    card = run_training(settings, args.out, fresh=args.fresh)
+    print(json.dumps({"model": str(Path(args.out) / card.model_file), "metrics": card.metrics}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except _user_errors() as exc:
+        if args.verbose:
+            logging.exception("failed")
+        print(f"edge-inspect: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input, not a bug: printed as one line, no traceback."""
+    from pydantic import ValidationError
+
+    from cloud.evaluation import EvaluationError
+    from cloud.label_table import LabelTableError
+    from cloud.training import TrainingError
+    from device.config import ConfigError
+    from device.detector import FrameError, ModelError
+    from device.images import ImageInputError
+
+    from edge_inspect.demo import DemoError
+
+    return (CliError, ConfigError, DemoError, ModelError, FrameError, ImageInputError, LabelTableError, TrainingError,
+            EvaluationError, ValidationError)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

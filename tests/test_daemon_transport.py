@@ -1,0 +1,103 @@
+"""Transports: MQTT over TLS with client certificates, MQTT 5, the JSON-lines file sink and the
+Prometheus endpoint, each against the real thing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.request
+
+import pytest
+
+from daemon_helpers import DaemonProcess, scratch_video, write_config
+from device.messages import validate
+from mosquitto import Broker, Subscriber, free_port
+
+
+def openssl(*args: str, cwd) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture
+def pki(tmp_path):
+    """A private CA, a server certificate for 127.0.0.1 and a client certificate."""
+    d = tmp_path / "pki"
+    d.mkdir()
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=edge-inspect test CA", cwd=d)
+    for name, extra in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"), ("client", "extendedKeyUsage=clientAuth")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={name}", cwd=d)
+        (d / f"{name}.ext").write_text(extra + "\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
+    return d
+
+
+@pytest.fixture
+def tls_broker(tmp_path, pki):
+    tls_port = free_port()
+    broker = Broker(tmp_path, extra_conf=(
+        f"listener {tls_port} 127.0.0.1\ncafile {pki}/ca.pem\ncertfile {pki}/server.pem\n"
+        f"keyfile {pki}/server.key\nrequire_certificate true\n"))
+    broker.tls_port = tls_port
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def test_tls_with_client_certificate(tmp_path, pki, tls_broker):
+    sub = Subscriber(tls_broker.port, "edge-inspect/#")  # the plain listener, for the observer
+    video = scratch_video(tmp_path / "v.avi", hold_frames=5, gap_frames=5)
+    daemon = DaemonProcess(write_config(tmp_path / "config.yaml", tls_broker.tls_port,
+                                        [{"id": "cam", "source": str(video), "realtime": True, "loop": True}],
+                                        mqtt={"tls": {"enabled": True, "ca_certs": str(pki / "ca.pem"),
+                                                      "certfile": str(pki / "client.pem"),
+                                                      "keyfile": str(pki / "client.key")}}))
+    try:
+        assert sub.wait_for(lambda s: s.payloads("/stats"), 60), daemon.log_text()[-2000:]
+        assert [p for t, p, _ in sub.messages if t.endswith("/available")][0] == b'"online"'
+    finally:
+        daemon.stop()
+        sub.close()
+
+
+def test_tls_without_client_certificate_is_refused_and_the_daemon_keeps_running(tmp_path, pki, tls_broker):
+    sub = Subscriber(tls_broker.port, "edge-inspect/#")
+    video = scratch_video(tmp_path / "v.avi", hold_frames=5, gap_frames=5)
+    daemon = DaemonProcess(write_config(tmp_path / "config.yaml", tls_broker.tls_port,
+                                        [{"id": "cam", "source": str(video), "realtime": True, "loop": True}],
+                                        mqtt={"tls": {"enabled": True, "ca_certs": str(pki / "ca.pem")}}))
+    try:
+        assert not sub.wait_for(lambda s: s.messages, 6), "no certificate, no connection"
+        assert daemon.proc.poll() is None
+        lines = (tmp_path / "messages.jsonl").read_text().splitlines()
+        assert any(json.loads(line)["topic"].endswith("/stats") for line in lines), "inference goes on meanwhile"
+    finally:
+        daemon.stop()
+        sub.close()
+
+
+def test_mqtt5_and_prometheus(tmp_path):
+    broker = Broker(tmp_path).start()
+    metrics_port = free_port()
+    sub = Subscriber(broker.port, "edge-inspect/#")
+    video = scratch_video(tmp_path / "v.avi", hold_frames=5, gap_frames=5)
+    daemon = DaemonProcess(write_config(tmp_path / "config.yaml", broker.port,
+                                        [{"id": "cam", "source": str(video), "realtime": True, "loop": True}],
+                                        mqtt={"protocol": "5"}, stats={"interval_s": 1, "prometheus_port": metrics_port}))
+    try:
+        assert sub.wait_for(lambda s: len(s.payloads("/stats")) >= 2, 60), daemon.log_text()[-2000:]
+        for payload in sub.payloads("/stats"):
+            validate("stats", payload)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        assert 'edge_inspect_frames_processed_total{camera="cam"}' in body
+        assert 'edge_inspect_camera_online{camera="cam"} 1.0' in body
+        assert 'edge_inspect_stage_seconds_bucket{le="0.1",stage="inference"}' in body
+        assert "edge_inspect_model_info{" in body
+        lines = [json.loads(line) for line in (tmp_path / "messages.jsonl").read_text().splitlines()]
+        assert {m["topic"].rsplit("/", 1)[1] for m in lines} >= {"status", "stats"}
+    finally:
+        daemon.stop()
+        sub.close()
+        broker.stop()

@@ -133,6 +133,96 @@ class FileSinkConfig(Strict):
     path: Path | None = Field(None, description="append every message as a JSON line here")
 
 
+class RateLimits(Strict):
+    """At most this many samples per sliding minute / hour / day (None: no limit)."""
+
+    per_minute: int | None = Field(None, ge=0)
+    per_hour: int | None = Field(None, ge=0)
+    per_day: int | None = Field(None, ge=0)
+
+
+class StrategyConfig(Strict):
+    """One sampling strategy. Which fields apply depends on `type`:
+    close_to_threshold: threshold (default: events.default.min_confidence), epsilon, min_count, classes
+    uncertainty_band:   low, high (score in [low, high)), min_count, classes
+    random:             percent (of all frames, detections or not)
+    per_class:          class_percent {class: percent of frames showing that class}
+    detection_count:    min_detections, max_detections (counted at or above `low`)"""
+
+    name: str = Field(pattern=ID_PATTERN)
+    type: Literal["close_to_threshold", "uncertainty_band", "random", "per_class", "detection_count"]
+    tags: list[str] = []
+    limits: RateLimits = RateLimits()
+    threshold: float | None = Field(None, ge=0, le=1)
+    epsilon: float = Field(0.1, ge=0, le=1)
+    min_count: int = Field(1, ge=1)
+    classes: list[str] | None = None
+    low: float = Field(0.25, ge=0, le=1)
+    high: float = Field(0.5, ge=0, le=1)
+    percent: float = Field(1.0, ge=0, le=100)
+    class_percent: dict[str, float] = {}
+    min_detections: int = Field(1, ge=0)
+    max_detections: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "StrategyConfig":
+        if self.type == "uncertainty_band" and not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.type == "per_class" and not self.class_percent:
+            raise ValueError("per_class needs class_percent, e.g. {scratch: 5}")
+        if any(not 0 <= v <= 100 for v in self.class_percent.values()):
+            raise ValueError("class_percent values are percentages (0 to 100)")
+        if self.max_detections is not None and self.max_detections < self.min_detections:
+            raise ValueError("max_detections is below min_detections")
+        return self
+
+
+class SpoolConfig(Strict):
+    path: Path = Path("/var/lib/edge-inspect/spool")
+    jpeg_quality: int = Field(90, ge=10, le=100)
+    max_bytes: int = Field(2 * 1024**3, ge=1024)
+    min_free_bytes: int = Field(512 * 1024**2, ge=0, description="evict before the disk gets fuller than this")
+    queue_size: int = Field(32, ge=1, description="frames waiting to be written; more are dropped and counted")
+
+
+class UploadConfig(Strict):
+    enabled: bool = True
+    bucket: str = Field("", pattern=r"^$|^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    prefix: str = Field("edge-inspect", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    region: str | None = None
+    endpoint_url: str | None = None
+    batch_size: int = Field(20, ge=1, le=1000)
+    max_bytes_per_s: int | None = Field(None, ge=1024, description="bandwidth cap")
+    retry_min_s: float = Field(1.0, gt=0)
+    retry_max_s: float = Field(300.0, gt=0)
+    timeout_s: float = Field(10.0, gt=0)
+
+
+class DedupConfig(Strict):
+    enabled: bool = True
+    max_distance: int = Field(4, ge=0, le=64, description="dHash Hamming distance that counts as the same frame")
+    remember: int = Field(256, ge=1, description="recent samples per camera to compare with")
+
+
+class ActiveLearningConfig(Strict):
+    enabled: bool = False
+    strategies: list[StrategyConfig] = []
+    limits: RateLimits = RateLimits(per_minute=30, per_hour=600, per_day=5000)
+    dedup: DedupConfig = DedupConfig()
+    spool: SpoolConfig = SpoolConfig()
+    upload: UploadConfig = UploadConfig()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "ActiveLearningConfig":
+        names = [s.name for s in self.strategies]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"strategy names must be unique; repeated: {', '.join(dupes)}")
+        if self.enabled and self.upload.enabled and not self.upload.bucket:
+            raise ValueError("upload.bucket is required when active learning uploads are enabled")
+        return self
+
+
 class DaemonConfig(Strict):
     thing_name: str = Field("edge-inspect-dev", pattern=ID_PATTERN)
     transport: Literal["auto", "mqtt", "greengrass", "none"] = "auto"
@@ -142,6 +232,7 @@ class DaemonConfig(Strict):
     events: EventsConfig = EventsConfig()
     stats: StatsConfig = StatsConfig()
     file_sink: FileSinkConfig = FileSinkConfig()
+    active_learning: ActiveLearningConfig = ActiveLearningConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")
@@ -155,7 +246,8 @@ class DaemonConfig(Strict):
 
 # Keys that take effect without a restart when a configuration update arrives; anything else
 # in an update is kept for the next start and logged as such.
-LIVE_KEYS = ("events", "stats", "log_level")
+LIVE_KEYS = ("events", "stats", "log_level", "active_learning.strategies", "active_learning.limits",
+             "active_learning.dedup")
 
 
 def format_validation_error(error: ValidationError) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from device import messages
+from device.active_learning import ActiveLearning
 from device.config import LIVE_KEYS, ConfigError, DaemonConfig, load_config_file, merge_config, parse_config
 from device.events import DefectTracker, FrameResult
 from device.greengrass import (
@@ -63,6 +64,9 @@ class Daemon:
         self.cameras = {c.id: Camera(c, self._on_status, self.stop) for c in self.config.cameras}
         self.trackers = {c.id: DefectTracker(self.thing, c.id, self.config.events) for c in self.config.cameras}
         self.stats = Stats(self.thing, list(self.cameras))
+        al = self.config.active_learning
+        self.active_learning = (ActiveLearning(al, self.thing, self.config.events.default.min_confidence,
+                                               self.dispatcher.publish, self.stop) if al.enabled else None)
         self._finished_flushed: set[str] = set()
         self.frames_processed = 0
 
@@ -130,8 +134,10 @@ class Daemon:
         self.config, self.file_config, self.component_config = new, file_config, component_config
         for tracker in self.trackers.values():
             tracker.config = new.events
+        if self.active_learning:
+            self.active_learning.configure(new.active_learning)
         logging.getLogger().setLevel(new.log_level)
-        changed = [k for k in DaemonConfig.model_fields if getattr(old, k) != getattr(new, k)]
+        changed = changed_keys(old, new)
         later = [k for k in changed if k not in LIVE_KEYS]
         if later:
             log.warning("configuration keys %s change at the next restart", ", ".join(later))
@@ -163,6 +169,8 @@ class Daemon:
         for event in self.trackers[frame.camera].update(result):
             self.stats.record_event(event.payload["type"])
             self.dispatcher.publish(event)
+        if self.active_learning:
+            self.active_learning.offer(frame.image, result)
         self.stats.record_frame(frame.camera, {**latency, "total": round((t3 - frame.captured_mono) * 1000, 3)})
         self.models.reference_frame = frame.image
         self.frames_processed += 1
@@ -208,7 +216,9 @@ class Daemon:
         return thread
 
     def _publish_stats(self) -> None:
-        self.dispatcher.publish(self.stats.snapshot(self.cameras, self.models.identity, self.dispatcher.depths()))
+        extra = {"active_learning": self.active_learning.figures()} if self.active_learning else {}
+        self.dispatcher.publish(self.stats.snapshot(self.cameras, self.models.identity, self.dispatcher.depths(),
+                                                    **extra))
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -219,6 +229,8 @@ class Daemon:
         if self.config.stats.prometheus_port:
             self.stats.serve(self.config.stats.prometheus_host, self.config.stats.prometheus_port)
         self.dispatcher.start()
+        if self.active_learning:
+            self.active_learning.start()
         for camera in self.cameras.values():
             self._on_status(camera.config.id, "starting", "daemon starting")
             camera.start()
@@ -244,6 +256,8 @@ class Daemon:
             camera.finished.wait(0.3)
             if camera.state not in ("finished", "stopped"):
                 self._on_status(camera.config.id, "stopped", "daemon stopping")
+        if self.active_learning:
+            self.active_learning.flush(1.0)
         self._publish_stats()
         self.dispatcher.close(max(0.5, STOP_BUDGET_S - (time.monotonic() - started)))
         log.info("edge-inspect stopped after %d frames", self.frames_processed)
@@ -257,6 +271,20 @@ def install_signal_handlers(daemon: Daemon) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=daemon.reload_file, daemon=True).start())
+
+
+def changed_keys(old: DaemonConfig, new: DaemonConfig) -> list[str]:
+    """Top-level keys that differ, and for active_learning its sub-keys (some are live, some not)."""
+    changed = []
+    for key in DaemonConfig.model_fields:
+        before, after = getattr(old, key), getattr(new, key)
+        if before == after:
+            continue
+        if key == "active_learning":
+            changed += [f"{key}.{sub}" for sub in type(before).model_fields if getattr(before, sub) != getattr(after, sub)]
+        else:
+            changed.append(key)
+    return changed
 
 
 def strip_greengrass_keys(config: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
-KINDS = ("event", "status", "available", "error", "stats")
+KINDS = ("event", "status", "available", "error", "stats", "samples", "sidecar")
 
 
 @dataclass(frozen=True)

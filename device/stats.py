@@ -49,6 +49,8 @@ class Stats:
                                 registry=self.registry)
         self.prom_uptime = Gauge("edge_inspect_uptime_seconds", "Seconds since start", registry=self.registry)
         self.prom_disk = Gauge("edge_inspect_free_disk_bytes", "Free bytes on the data disk", registry=self.registry)
+        self.prom_active_learning = Gauge("edge_inspect_active_learning", "Sampler, spool and uploader figures",
+                                          ["figure"], registry=self.registry)
         self._model_labels: tuple[str, str, str] | None = None
 
     def serve(self, host: str, port: int) -> None:
@@ -82,7 +84,8 @@ class Stats:
             for stage, v in samples.items()
         }
 
-    def snapshot(self, cameras: dict, model: dict[str, str], sink_queues: dict[str, int]) -> Outbound:
+    def snapshot(self, cameras: dict, model: dict[str, str], sink_queues: dict[str, int],
+                 active_learning: dict[str, int | bool] | None = None) -> Outbound:
         """`cameras` maps id -> object with .state, .captured, .queue (FrameQueue)."""
         now = time.monotonic()
         elapsed = max(now - self._last["time"], 1e-6)
@@ -123,4 +126,8 @@ class Stats:
             "latency_ms": self.percentiles(),
             "sink_queues": dict(sink_queues),
         }
+        if active_learning is not None:
+            payload["active_learning"] = active_learning
+            for name, value in active_learning.items():
+                self.prom_active_learning.labels(name).set(float(value))
         return Outbound("stats", "stats", payload, qos=0)

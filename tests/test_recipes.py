@@ -60,6 +60,9 @@ def test_default_configuration_passes_the_daemons_validation():
     config = parse_config(strip_greengrass_keys(defaults), "recipe")
     assert config.transport == "greengrass"
     assert config.model.path == Path("/greengrass/v2/work/com.edgeinspect.Model/model.onnx")
+    enabled = parse_config({**strip_greengrass_keys(defaults), "active_learning": {
+        **defaults["active_learning"], "enabled": True, "upload": {"bucket": "plant-frames"}}}, "recipe")
+    assert [s.name for s in enabled.active_learning.strategies] == ["near-threshold", "low-score", "random"]
 
 
 def test_access_control_is_exactly_the_topics_the_daemon_publishes():
@@ -70,7 +73,7 @@ def test_access_control_is_exactly_the_topics_the_daemon_publishes():
     operations = {op for policy in policies.values() for op in policy["operations"]}
     assert operations == {"aws.greengrass#PublishToIoTCore"}
     root = f"{config.mqtt.topic_prefix}/{{iot:thingName}}"
-    expected = {f"{root}/{s}" for s in ("events", "stats", "errors", "available")}
+    expected = {f"{root}/{s}" for s in ("events", "stats", "errors", "available", "samples")}
     expected |= {f"{root}/{camera.id}/status" for camera in config.cameras}
     assert set(resources) == expected
     everything = json.dumps(defaults["accessControl"])

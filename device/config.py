@@ -69,6 +69,9 @@ class ModelConfig(Strict):
     watch: bool = Field(True, description="swap in a new model when the file changes")
     watch_interval_s: float = Field(2.0, gt=0)
     providers: list[str] = ["CPUExecutionProvider"]
+    threads: int | None = Field(None, ge=1, le=256, description="intra-op threads; default: physical cores")
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    execution_mode: Literal["sequential", "parallel"] = "sequential"
 
 
 class ClassRule(Strict):

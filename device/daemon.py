@@ -22,6 +22,7 @@ from typing import Any
 from device import messages
 from device.active_learning import ActiveLearning
 from device.config import LIVE_KEYS, ConfigError, DaemonConfig, load_config_file, merge_config, parse_config
+from device.detector import FrameError, session_options
 from device.events import DefectTracker, FrameResult
 from device.greengrass import (
     GreengrassConfigSource,
@@ -59,9 +60,11 @@ class Daemon:
         self.root = topic_root(self.config.mqtt.topic_prefix, self.thing)
         self.stop = threading.Event()
         self.dispatcher = Dispatcher(self._build_sinks())
-        self.models = ModelManager(self.config.model.path or default_model_path(), self.config.model.providers,
-                                   self._operational)
-        self.cameras = {c.id: Camera(c, self._on_status, self.stop) for c in self.config.cameras}
+        model_cfg = self.config.model
+        self.models = ModelManager(model_cfg.path or default_model_path(), model_cfg.providers, self._operational,
+                                   lambda: session_options(model_cfg.threads, model_cfg.graph_optimization,
+                                                           model_cfg.execution_mode))
+        self.cameras = {c.id: Camera(c, self._on_status, self.stop, self._prepare) for c in self.config.cameras}
         self.trackers = {c.id: DefectTracker(self.thing, c.id, self.config.events) for c in self.config.cameras}
         self.stats = Stats(self.thing, list(self.cameras))
         al = self.config.active_learning
@@ -69,6 +72,7 @@ class Daemon:
                                                self.dispatcher.publish, self.stop) if al.enabled else None)
         self._finished_flushed: set[str] = set()
         self.frames_processed = 0
+        self.frame_errors = 0
 
     # --- wiring ---------------------------------------------------------------------------------
 
@@ -151,17 +155,31 @@ class Daemon:
         rules = [self.config.events.default, *self.config.events.classes.values()]
         return min(rule.min_confidence for rule in rules)
 
+    def _prepare(self, image):
+        """Called in camera threads: the model input for the model serving now."""
+        detector = self.models.detector
+        try:
+            return detector.info.sha256, *detector.preprocess(image)
+        except Exception:  # a frame the detector cannot take: the inference stage reports it
+            return None
+
     def process(self, frame: Frame) -> None:
         self.models.take_pending()  # the one place a model swaps: between two frames
         detector = self.models.detector
         t0 = time.monotonic()
-        blob, fit = detector.preprocess(frame.image)
+        if frame.prepared and frame.prepared[0] == detector.info.sha256:
+            _, blob, fit = frame.prepared
+            preprocess_ms = frame.prepare_ms
+        else:  # made for the model that was swapped out, or not made
+            blob, fit = detector.preprocess(frame.image)
+            preprocess_ms = (time.monotonic() - t0) * 1000
         t1 = time.monotonic()
         output = detector.infer(blob)
         t2 = time.monotonic()
         found = detector.postprocess(output, fit, frame.image.shape, self._detector_conf(), detector.iou)
         t3 = time.monotonic()
-        latency = {"queue": round((t0 - frame.captured_mono) * 1000, 3), "preprocess": round((t1 - t0) * 1000, 3),
+        queue_ms = max(0.0, (t0 - frame.captured_mono) * 1000 - frame.prepare_ms)
+        latency = {"queue": round(queue_ms, 3), "preprocess": round(preprocess_ms, 3),
                    "inference": round((t2 - t1) * 1000, 3), "postprocess": round((t3 - t2) * 1000, 3)}
         height, width = frame.image.shape[:2]
         result = FrameResult(frame.camera, frame.seq, frame.frame_time, frame.stream_time, width, height,
@@ -196,7 +214,11 @@ class Daemon:
                 frame = camera.queue.get_nowait()
                 if frame is not None:
                     busy = True
-                    self.process(frame)
+                    try:
+                        self.process(frame)
+                    except FrameError as exc:  # one bad frame is skipped, never the stream
+                        self.frame_errors += 1
+                        log.error("camera %s frame %d skipped: %s", frame.camera, frame.seq, exc)
             if not busy:
                 if self._flush_finished():
                     log.info("every source has finished")

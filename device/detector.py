@@ -191,6 +191,23 @@ def check_frame(frame: object) -> np.ndarray:
     return frame
 
 
+def session_options(threads: int | None = None, graph_optimization: str = "all",
+                    execution_mode: str = "sequential") -> ort.SessionOptions:
+    """ONNX Runtime settings. Defaults chosen by measurement (benchmarks/bench.py): all graph
+    optimizations, sequential execution (YOLOv8 is one chain of ops: parallel execution only adds
+    scheduling), intra-op threads = physical cores (onnxruntime's own default)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[graph_optimization]
+    options.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if execution_mode == "parallel"
+                              else ort.ExecutionMode.ORT_SEQUENTIAL)
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
+
+
 class Detector:
     """One ONNX model, ready to run on BGR frames of any size.
 

@@ -46,10 +46,12 @@ def check_candidate(detector: Detector, reference: np.ndarray | None) -> None:
 class ModelManager:
     """Holds the serving detector; swaps only when the inference stage calls `take_pending`."""
 
-    def __init__(self, path: Path, providers: Sequence[str], on_message: Callable[[str, str, str], None]) -> None:
+    def __init__(self, path: Path, providers: Sequence[str], on_message: Callable[[str, str, str], None],
+                 options_factory: Callable[[], object] | None = None) -> None:
         self.path, self.providers = Path(path), list(providers)
         self._on_message = on_message  # (type, message, candidate path)
-        self.detector = Detector(self.path, providers=self.providers)
+        self._options = options_factory or (lambda: None)  # a SessionOptions is single-use
+        self.detector = self._load(self.path)
         self.identity = model_identity(self.detector)
         self._pending: Detector | None = None
         self._lock = threading.Lock()
@@ -57,6 +59,9 @@ class ModelManager:
         self.reference_frame: np.ndarray | None = None
         self.swaps = 0
         self.rejections = 0
+
+    def _load(self, path: Path) -> Detector:
+        return Detector(path, providers=self.providers, session_options=self._options())
 
     def _stat(self) -> tuple[int, int] | None:
         try:
@@ -75,7 +80,7 @@ class ModelManager:
 
     def offer(self, candidate_path: Path) -> bool:
         try:
-            candidate = Detector(candidate_path, providers=self.providers)
+            candidate = self._load(candidate_path)
             check_candidate(candidate, self.reference_frame)
             if candidate.info.sha256 == self.detector.info.sha256:
                 return False

@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import cv2
@@ -43,6 +44,8 @@ class Frame:
     stream_time: float  # the stream's own clock (file position for files; monotonic otherwise)
     captured_mono: float  # time.monotonic() at capture, for the queue latency
     source_name: str = ""  # the file name for folder sources
+    prepared: Any = None  # the model input, made in the camera thread (see Camera.prepare)
+    prepare_ms: float = 0.0
 
 
 class FrameQueue:
@@ -102,13 +105,17 @@ StatusCallback = Callable[[str, str, str], None]  # camera id, state, reason
 class Camera(threading.Thread):
     """Reads one source into its FrameQueue until stopped."""
 
-    def __init__(self, config: CameraConfig, on_status: StatusCallback, stop: threading.Event) -> None:
+    def __init__(self, config: CameraConfig, on_status: StatusCallback, stop: threading.Event,
+                 prepare: Callable[[np.ndarray], Any] | None = None) -> None:
         super().__init__(name=f"camera-{config.id}", daemon=True)
         self.config = config
         self.kind = config.resolved_kind()
         self.live = self.kind in ("usb", "stream")
         self.queue = FrameQueue(config.queue_size, drop_oldest=self.live)
         self._on_status, self._stop = on_status, stop
+        # Preprocessing (letterbox, blob) runs here, in the camera's thread, so it overlaps with
+        # inference on the previous frame instead of adding to it.
+        self._prepare = prepare
         self.state = "starting"
         self.captured = 0
         self.finished = threading.Event()
@@ -124,7 +131,10 @@ class Camera(threading.Thread):
     def _emit(self, image: np.ndarray, stream_time: float, source_name: str = "") -> None:
         self._seq += 1
         self.captured += 1
-        frame = Frame(self.config.id, self._seq, image, time.time(), stream_time, time.monotonic(), source_name)
+        captured_mono, frame_time = time.monotonic(), time.time()
+        prepared = self._prepare(image) if self._prepare else None
+        frame = Frame(self.config.id, self._seq, image, frame_time, stream_time, captured_mono, source_name,
+                      prepared, (time.monotonic() - captured_mono) * 1000)
         self.queue.put(frame, self._stop)
 
     def run(self) -> None:

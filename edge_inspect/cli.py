@@ -71,6 +71,30 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def _add_quantize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quantize", help="static INT8 quantization with an accuracy gate (needs the 'train' extra)")
+    p.add_argument("model", type=Path, help="FP32 ONNX model")
+    p.add_argument("--calib", type=Path, required=True, help="folder of real frames (a dataset split, the spool)")
+    p.add_argument("--out", type=Path, required=True, help="INT8 model to write (only if the gate passes)")
+    p.add_argument("--data", type=Path, default=None, help="data.yaml whose test split gates the accuracy")
+    p.add_argument("--split", default="test")
+    p.add_argument("--max-drop", type=float, default=0.01, help="largest mAP50 loss allowed (default 0.01)")
+    p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    p.add_argument("--calib-limit", type=int, default=200, help="calibration frames at most")
+    p.set_defaults(func=cmd_quantize)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmark the models on this machine (JSON, Markdown table, PNG chart)")
+    p.add_argument("--model", type=Path, action="append", default=None,
+                   help="ONNX model to measure (repeatable; default: the bundled FP32 and INT8 models)")
+    p.add_argument("--out", type=Path, default=Path("bench-output"), help="folder for bench.json/.md/.png")
+    p.add_argument("--runs", type=int, default=200, help="timed session.run calls per model")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: onnxruntime's)")
+    p.add_argument("--video-seconds", type=float, default=30.0, help="length of the daemon's test video")
+    p.set_defaults(func=cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-inspect", description="Visual quality inspection at the edge.")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -80,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_run(sub)
     _add_demo(sub)
+    _add_quantize(sub)
+    _add_bench(sub)
     return parser
 
 
@@ -124,6 +150,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     logging.getLogger().setLevel(logging.WARNING)
     return run_demo(args.model)
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from cloud.quantize import quantize_model
+
+    report = quantize_model(args.model, args.calib, args.out, args.data, max_drop=args.max_drop,
+                            method=args.calib_method, calib_limit=args.calib_limit, split=args.split)
+    fp32, int8 = report["fp32"], report["int8"]
+    print(f"wrote {args.out} ({report['chosen']}, {len(report['float_nodes'])} nodes in float): "
+          f"latency {int8['latency_ms']:.1f} ms vs FP32 {fp32['latency_ms']:.1f} ms"
+          + (f"; mAP50 {int8['map50']:.4f} vs FP32 {fp32['map50']:.4f}" if "map50" in int8 else ""))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edge_inspect.bench import default_models, markdown, run_benchmark
+
+    models = args.model or default_models()
+    if not models:
+        raise CliError("no model to measure: pass --model")
+    results = run_benchmark(models, args.out, runs=args.runs, threads=args.threads, video_seconds=args.video_seconds)
+    print(markdown(results))
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -196,9 +245,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from device.detector import FrameError, ModelError
     from device.images import ImageInputError
 
+    from cloud.quantize import QuantizationError
     from edge_inspect.demo import DemoError
 
-    return (CliError, ConfigError, DemoError, ModelError, FrameError, ImageInputError, LabelTableError, TrainingError,
+    return (CliError, ConfigError, DemoError, QuantizationError, ModelError, FrameError, ImageInputError, LabelTableError, TrainingError,
             EvaluationError, ValidationError)
 
 

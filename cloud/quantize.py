@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 
 from device.detector import Detector, file_sha256
 from device.images import list_images, read_image
+from device.timing import time_inference
 from device.model_card import ModelCard, card_path_for
 
 log = logging.getLogger(__name__)
@@ -131,16 +131,7 @@ def copy_metadata(source: Path, target: Path) -> None:
 
 
 def session_latency_ms(path: Path, runs: int = 30) -> float:
-    detector = Detector(path)
-    blob = detector.preprocess(np.full((*detector.info.input_size, 3), 114, np.uint8))[0]
-    for _ in range(3):
-        detector.infer(blob)
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        detector.infer(blob)
-        times.append(time.perf_counter() - started)
-    return float(np.median(times) * 1000)
+    return float(np.median(time_inference(Detector(path), runs)) * 1000)
 
 
 def quantize_model(model: Path, calib: Path, out: Path, data: Path | None, max_drop: float = 0.01,

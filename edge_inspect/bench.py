@@ -29,6 +29,7 @@ import yaml
 from device.detector import Detector, session_options
 from device.images import read_image
 from device.model_card import ModelCard, card_path_for
+from device.timing import time_inference
 from edge_inspect.demo import demo_video
 from edge_inspect.paths import MODELS_DIR, REPO_ROOT, SAMPLES_DIR
 
@@ -105,7 +106,6 @@ def count_flops(model_path: Path) -> float:
 
 def peak_flops(threads: int | None, size: int = 1024, seconds: float = 2.0) -> float:
     """Peak FP32 FLOP/s of this CPU as ONNX Runtime reaches it: a large square GEMM (MLAS)."""
-    import onnx
     from onnx import TensorProto, helper
 
     import onnxruntime as ort
@@ -136,17 +136,26 @@ def percentiles(samples_s: list[float]) -> dict[str, float]:
 
 
 def bare_session(detector: Detector, runs: int) -> dict:
-    blob = detector.preprocess(read_image(sorted(SAMPLES_DIR.glob("*.jpg"))[0]))[0]
-    for _ in range(max(5, runs // 10)):
-        detector.infer(blob)
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        detector.infer(blob)
-        times.append(time.perf_counter() - started)
+    times = time_inference(detector, runs, read_image(sorted(SAMPLES_DIR.glob("*.jpg"))[0]))
     stats = percentiles(times)
     stats["fps"] = round(1000 / stats["mean"], 2)
     return stats
+
+
+def sweep_session_options(model: Path, runs: int) -> list[dict]:
+    """p50 of session.run over the settings that matter: threads, graph optimization, execution mode.
+    The daemon's defaults (device/detector.py session_options) come from this table."""
+    cores = os.cpu_count() or 1
+    settings = [{"threads": t, "graph_optimization": "all", "execution_mode": "sequential"}
+                for t in sorted({1, max(1, cores // 2), cores})]
+    settings += [{"threads": cores, "graph_optimization": g, "execution_mode": "sequential"}
+                 for g in ("basic", "extended")]
+    settings.append({"threads": cores, "graph_optimization": "all", "execution_mode": "parallel"})
+    rows = []
+    for setting in settings:
+        detector = Detector(model, session_options=session_options(**setting))
+        rows.append({**setting, "p50_ms": bare_session(detector, runs)["p50"]})
+    return rows
 
 
 def detector_stages(detector: Detector, frames: list[np.ndarray], rounds: int) -> dict:
@@ -262,6 +271,8 @@ def run_benchmark(models: list[Path], out_dir: Path, runs: int = 200, threads: i
                 entry["precision"] = ModelCard.read(card).precision
                 entry["test_map50"] = (metrics.get("test") or {}).get("map50")
             entry["session"] = bare_session(detector, runs)
+            progress(f"{model.name}: session options sweep ...")
+            entry["session_options"] = sweep_session_options(model, max(10, runs // 5))
             progress(f"{model.name}: detector stages on {len(frames)} photos ...")
             entry["stages"] = detector_stages(detector, frames, rounds=max(3, runs // 40))
             flops = count_flops(model)
@@ -324,6 +335,10 @@ def markdown(results: dict) -> str:
             f"| {st['preprocess']['p50']} / {st['inference']['p50']} / {st['postprocess']['p50']} | {d['fps']} | {ul} "
             f"| {d['peak_rss_mb']} | {d['first_detection_s']} | {m['gflops']} | {m['roofline_ms']} ({m['roofline_ratio']}) "
             f"| {m.get('test_map50', 'n/a')} |")
+    lines += ["", "| model | threads | graph optimization | execution mode | session p50 ms |", "|---|---|---|---|---|"]
+    for name, m in results["models"].items():
+        lines += [f"| {name} | {r['threads']} | {r['graph_optimization']} | {r['execution_mode']} | {r['p50_ms']} |"
+                  for r in m.get("session_options", [])]
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {t['target']} | {t['value']} | {'yes' if t['met'] else 'NO'} |" for t in results["targets"]]
     return "\n".join(lines) + "\n"

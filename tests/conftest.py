@@ -19,6 +19,16 @@ def metal_tags() -> Path:
     return METAL_TAGS
 
 
+@pytest.fixture
+def broker(tmp_path):
+    """A real mosquitto on a free loopback port, for one test."""
+    from mosquitto import Broker
+
+    b = Broker(tmp_path).start()
+    yield b
+    b.stop()
+
+
 @pytest.fixture(scope="session")
 def bundled_model() -> Path:
     assert BUNDLED_MODEL.is_file(), "the bundled model is missing from models/"

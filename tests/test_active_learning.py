@@ -10,23 +10,15 @@ import shutil
 import signal
 import time
 
-import pytest
 
 from conftest import METAL_TAGS
 from daemon_helpers import DaemonProcess, wait_until, write_config
 from device.messages import validate
 from device.spool import Spool
 from moto_s3 import MotoS3, set_credentials, sha
-from mosquitto import Broker, Subscriber, free_port
+from mosquitto import Subscriber, free_port
 
 BUCKET = "edge-inspect-frames"
-
-
-@pytest.fixture
-def broker(tmp_path):
-    b = Broker(tmp_path).start()
-    yield b
-    b.stop()
 
 
 def al_config(tmp_path, s3_port: int, **spool) -> dict:

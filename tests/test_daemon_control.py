@@ -10,21 +10,13 @@ import threading
 
 import cv2
 import onnx
-import pytest
 import yaml
 
 from daemon_helpers import DaemonProcess, scratch_video, write_config
 from device.daemon import Daemon
 from device.detector import file_sha256
 from device.messages import validate
-from mosquitto import Broker, Subscriber
-
-
-@pytest.fixture
-def broker(tmp_path):
-    b = Broker(tmp_path).start()
-    yield b
-    b.stop()
+from mosquitto import Subscriber
 
 
 def variant_of(model_path, out, version: str):

@@ -6,18 +6,10 @@ import json
 import signal
 import time
 
-import pytest
 
-from daemon_helpers import DaemonProcess, clean_video, scratch_video, wait_until, write_config
+from daemon_helpers import DaemonProcess, clean_video, scratch_video, write_config
 from device.messages import validate
 from mosquitto import Broker, Subscriber
-
-
-@pytest.fixture
-def broker(tmp_path):
-    b = Broker(tmp_path).start()
-    yield b
-    b.stop()
 
 
 def validate_all(sub: Subscriber) -> dict[str, int]:
@@ -31,9 +23,13 @@ def validate_all(sub: Subscriber) -> dict[str, int]:
     return counts
 
 
-def file_events(tmp_path) -> list[dict]:
+def file_payloads(tmp_path, suffix: str) -> list[dict]:
     lines = (tmp_path / "messages.jsonl").read_text().splitlines()
-    return [m["payload"] for m in map(json.loads, lines) if m["topic"].endswith("/events")]
+    return [m["payload"] for m in map(json.loads, lines) if m["topic"].endswith(suffix)]
+
+
+def file_events(tmp_path) -> list[dict]:
+    return file_payloads(tmp_path, "/events")
 
 
 def test_scratch_video_raises_new_update_end_and_clean_video_nothing(tmp_path, broker):
@@ -76,8 +72,11 @@ def test_broker_outage_loses_no_event(tmp_path):
         outage_started = time.time()
         time.sleep(20)
         raised_during = [e for e in file_events(tmp_path) if e["sent_time"] >= _iso(outage_started)]
+        stats_during = [s for s in file_payloads(tmp_path, "/stats") if s["time"] >= _iso(outage_started + 2)]
         broker.start()
         assert raised_during, "events kept being raised while the broker was away"
+        processed = [s["cameras"]["cam"]["frames_processed"] for s in stats_during]
+        assert len(processed) >= 10 and processed[-1] > processed[0] + 50, "inference never waited for the broker"
         wanted = {(e["event_id"], e["type"]) for e in raised_during}
         assert sub.wait_for(lambda s: wanted <= {(e["event_id"], e["type"]) for e in s.payloads("/events")}, 60), \
             f"missing after reconnect: {wanted - {(e['event_id'], e['type']) for e in sub.payloads('/events')}}"

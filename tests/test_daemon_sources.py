@@ -6,21 +6,13 @@ import shutil
 import subprocess
 import time
 
-import pytest
 
 from conftest import REPO
-from daemon_helpers import DaemonProcess, scratch_video, wait_until, write_config
+from daemon_helpers import DaemonProcess, scratch_video, write_config
 from device.messages import validate
-from mosquitto import Broker, Subscriber, free_port
+from mosquitto import Subscriber, free_port
 
 DEBIAN_PYTHON = "/usr/bin/python3"
-
-
-@pytest.fixture
-def broker(tmp_path):
-    b = Broker(tmp_path).start()
-    yield b
-    b.stop()
 
 
 def states(sub: Subscriber, camera: str) -> list[str]:

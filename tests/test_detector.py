@@ -3,7 +3,6 @@ kind of bad model or frame."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

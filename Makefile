@@ -11,7 +11,7 @@ BIN     = $(VENV)/bin
 PIP     = $(BIN)/pip --isolated --disable-pip-version-check -q
 DEMO_OUT ?= demo-output
 
-.PHONY: demo test venv clean
+.PHONY: demo test bench venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ $(VENV)/.device-installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[train,dev]'
+	$(PIP) install -e '.[train,dev,bench]'
 	$(BIN)/python -c "import torchvision.ops, ultralytics, onnxruntime, cv2"
 	touch $@ $(VENV)/.device-installed
 
@@ -36,6 +36,10 @@ demo: $(VENV)/.device-installed
 test: $(VENV)/.test-installed
 	scripts/system-packages.sh test
 	$(BIN)/python -m pytest -q tests
+
+# The benchmark (README, "INT8 and speed"): the Ultralytics comparison needs the train extra too.
+bench: $(VENV)/.test-installed
+	$(BIN)/edge-inspect bench --out bench-output
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

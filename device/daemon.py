@@ -13,6 +13,7 @@ SIGHUP: reload the config file (standalone); under Greengrass, configuration upd
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 import time
@@ -21,7 +22,7 @@ from typing import Any
 
 from device import messages
 from device.active_learning import ActiveLearning
-from device.config import LIVE_KEYS, ConfigError, DaemonConfig, load_config_file, merge_config, parse_config
+from device.config import ID_PATTERN, LIVE_KEYS, ConfigError, DaemonConfig, load_config_file, merge_config, parse_config
 from device.detector import FrameError, session_options
 from device.events import DefectTracker, FrameResult
 from device.greengrass import (
@@ -57,6 +58,8 @@ class Daemon:
         self.origin, self.config_file, self.ipc = origin, config_file, ipc_client
         self.config: DaemonConfig = parse_config(merge_config(self.file_config, self.component_config), origin)
         self.thing = thing_name_from_environment() or self.config.thing_name
+        if not re.fullmatch(ID_PATTERN, self.thing):  # it names topics, files and S3 keys
+            raise ConfigError(f"thing name {self.thing!r} (from AWS_IOT_THING_NAME) must match {ID_PATTERN}")
         self.root = topic_root(self.config.mqtt.topic_prefix, self.thing)
         self.stop = threading.Event()
         self.dispatcher = Dispatcher(self._build_sinks())
@@ -251,6 +254,7 @@ class Daemon:
         if self.config.stats.prometheus_port:
             self.stats.serve(self.config.stats.prometheus_host, self.config.stats.prometheus_port)
         self.dispatcher.start()
+        self.dispatcher.publish(messages.available(True))  # Greengrass and file sinks; MQTT says it itself
         if self.active_learning:
             self.active_learning.start()
         for camera in self.cameras.values():
@@ -281,6 +285,7 @@ class Daemon:
         if self.active_learning:
             self.active_learning.flush(1.0)
         self._publish_stats()
+        self.dispatcher.publish(messages.available(False))
         self.dispatcher.close(max(0.5, STOP_BUDGET_S - (time.monotonic() - started)))
         log.info("edge-inspect stopped after %d frames", self.frames_processed)
 

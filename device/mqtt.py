@@ -64,6 +64,11 @@ class MqttSink(Sink):
         client.on_connect_fail = self._on_connect_fail
         return client
 
+    def submit(self, message: Outbound) -> None:
+        if message.kind == "available":
+            return  # this sink says `online` on every connect and has `offline` as its last will
+        super().submit(message)
+
     def start(self) -> None:
         cfg = self.config
         log.info("mqtt: connecting to %s:%d (tls %s, MQTT %s)", cfg.host, cfg.port, cfg.tls.enabled, cfg.protocol)

@@ -154,9 +154,20 @@ def test_greengrass_configuration_updates_and_publishing(tmp_path, bundled_model
     thread.join(60)
     assert not thread.is_alive()
     topics = [r.topic_name for r in ipc.published]
+    available = [r.payload for r in ipc.published if r.topic_name.endswith("/available")]
+    assert available == [b'"online"', b'"offline"'] and all(
+        r.retain for r in ipc.published if r.topic_name.endswith("/available"))
     assert "edge-inspect/gg-thing/cam1/status" in topics and "edge-inspect/gg-thing/stats" in topics
     errors = [r for r in ipc.published if r.topic_name.endswith("/errors")]
     import json
 
     kinds = [json.loads(r.payload)["type"] for r in errors]
     assert kinds == ["config_rejected", "config_applied"]
+
+
+def test_thing_name_from_the_environment_is_checked(monkeypatch, tmp_path):
+    from device.config import ConfigError
+
+    monkeypatch.setenv("AWS_IOT_THING_NAME", "../../etc")
+    with pytest.raises(ConfigError, match="must match"):
+        Daemon({"cameras": [{"id": "c", "source": str(tmp_path)}], "transport": "none"}, "test")

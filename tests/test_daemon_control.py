@@ -9,6 +9,7 @@ import signal
 import threading
 
 import cv2
+import pytest
 import onnx
 import yaml
 

@@ -135,7 +135,8 @@ def session_latency_ms(path: Path, runs: int = 30) -> float:
 
 
 def quantize_model(model: Path, calib: Path, out: Path, data: Path | None, max_drop: float = 0.01,
-                   method: str = "minmax", calib_limit: int = 200, split: str = "test") -> dict:
+                   method: str = "minmax", calib_limit: int = 200, split: str = "test",
+                   max_drop_map50_95: float | None = None) -> dict:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from cloud.evaluation import evaluate
@@ -162,13 +163,15 @@ def quantize_model(model: Path, calib: Path, out: Path, data: Path | None, max_d
             log.info("candidate %-22s float nodes %3d  latency %.1f ms  mAP50 %.4f", name, len(excluded),
                      candidate.latency_ms, candidate.map50)
             candidates.append(candidate)
-        passing = [c for c in candidates if not fp32 or fp32.map50 - c.map50 <= max_drop]
+        passing = [c for c in candidates if not fp32 or (
+            fp32.map50 - c.map50 <= max_drop
+            and (max_drop_map50_95 is None or fp32.map50_95 - c.map50_95 <= max_drop_map50_95))]
         report = {
-            "fp32": {"map50": fp32.map50 if fp32 else None, "map50_95": fp32.map50_95 if fp32 else None,
-                     "latency_ms": round(fp32_latency, 2)},
+            "fp32": {**(fp32.to_dict() if fp32 else {}), "latency_ms": round(fp32_latency, 2)},
             "candidates": [{"name": c.name, "float_nodes": len(c.excluded), "latency_ms": round(c.latency_ms, 2),
                             "map50": round(c.map50, 4), "map50_95": round(c.map50_95, 4)} for c in candidates],
             "max_drop": max_drop,
+            "max_drop_map50_95": max_drop_map50_95,
             "calibration": {"method": method, "images": len(images), "source": str(calib)},
         }
         if not passing:
@@ -198,7 +201,9 @@ def _write_card(model: Path, out: Path, report: dict) -> None:
                 "input_size": list(info.input_size)}
     fp32 = {k: v for k, v in report["fp32"].items() if k != "latency_ms"}
     int8 = {k: v for k, v in report["int8"].items() if k != "latency_ms"}
-    metrics = {**(base.get("metrics") or {}), "test": int8 or None, "test_fp32": fp32 or None,
+    # the FP32 card's other figures (val) are the FP32 model's: kept, under names that say so
+    inherited = {f"{k}_fp32": v for k, v in (base.get("metrics") or {}).items() if k != "test"}
+    metrics = {**inherited, "test": int8 or None, "test_fp32": fp32 or None,
                "latency_ms": {"fp32": report["fp32"]["latency_ms"], "int8": report["int8"]["latency_ms"]}}
     quantization = {k: v for k, v in report.items() if k not in ("fp32", "int8")}
     quantization.update({"fp32_model": model.name, "fp32_model_sha256": file_sha256(model),

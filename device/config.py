@@ -72,6 +72,7 @@ class ModelConfig(Strict):
     threads: int | None = Field(None, ge=1, le=256, description="intra-op threads; default: physical cores")
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     execution_mode: Literal["sequential", "parallel"] = "sequential"
+    spinning: bool = Field(True, description="let idle inference threads spin (lower latency, more CPU)")
 
 
 class ClassRule(Strict):

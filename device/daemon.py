@@ -66,7 +66,7 @@ class Daemon:
         model_cfg = self.config.model
         self.models = ModelManager(model_cfg.path or default_model_path(), model_cfg.providers, self._operational,
                                    lambda: session_options(model_cfg.threads, model_cfg.graph_optimization,
-                                                           model_cfg.execution_mode))
+                                                           model_cfg.execution_mode, model_cfg.spinning))
         self.cameras = {c.id: Camera(c, self._on_status, self.stop, self._prepare) for c in self.config.cameras}
         self.trackers = {c.id: DefectTracker(self.thing, c.id, self.config.events) for c in self.config.cameras}
         self.stats = Stats(self.thing, list(self.cameras))

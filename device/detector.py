@@ -192,7 +192,7 @@ def check_frame(frame: object) -> np.ndarray:
 
 
 def session_options(threads: int | None = None, graph_optimization: str = "all",
-                    execution_mode: str = "sequential") -> ort.SessionOptions:
+                    execution_mode: str = "sequential", spinning: bool = True) -> ort.SessionOptions:
     """ONNX Runtime settings. Defaults chosen by measurement (benchmarks/bench.py): all graph
     optimizations, sequential execution (YOLOv8 is one chain of ops: parallel execution only adds
     scheduling), intra-op threads = physical cores (onnxruntime's own default)."""
@@ -205,6 +205,9 @@ def session_options(threads: int | None = None, graph_optimization: str = "all",
                               else ort.ExecutionMode.ORT_SEQUENTIAL)
     if threads:
         options.intra_op_num_threads = threads
+    # Idle intra-op threads spin for a while after each run: lowest latency on a dedicated core,
+    # but on a small box they take the CPU the camera threads need between frames.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return options
 
 

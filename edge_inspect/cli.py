@@ -79,6 +79,8 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, default=None, help="data.yaml whose test split gates the accuracy")
     p.add_argument("--split", default="test")
     p.add_argument("--max-drop", type=float, default=0.01, help="largest mAP50 loss allowed (default 0.01)")
+    p.add_argument("--max-drop-map50-95", type=float, default=None,
+                   help="also bound the mAP50-95 loss (default: gate on mAP50 only)")
     p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"])
     p.add_argument("--calib-limit", type=int, default=200, help="calibration frames at most")
     p.set_defaults(func=cmd_quantize)
@@ -156,7 +158,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from cloud.quantize import quantize_model
 
     report = quantize_model(args.model, args.calib, args.out, args.data, max_drop=args.max_drop,
-                            method=args.calib_method, calib_limit=args.calib_limit, split=args.split)
+                            method=args.calib_method, calib_limit=args.calib_limit, split=args.split,
+                            max_drop_map50_95=args.max_drop_map50_95)
     fp32, int8 = report["fp32"], report["int8"]
     print(f"wrote {args.out} ({report['chosen']}, {len(report['float_nodes'])} nodes in float): "
           f"latency {int8['latency_ms']:.1f} ms vs FP32 {fp32['latency_ms']:.1f} ms"

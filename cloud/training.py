@@ -132,19 +132,22 @@ def _export(best: Path, settings: TrainSettings, out: Path) -> Path:
 
 
 def read_curve(results_csv: Path) -> list[dict[str, float]]:
-    """Per-epoch validation mAP from Ultralytics' results.csv, for the card and the note."""
+    """Per-epoch validation mAP from Ultralytics' results.csv, for the card and the note. An epoch
+    that was interrupted after its row was written is trained again on resume and appears twice:
+    the later row is the one that led to the model."""
     if not results_csv.is_file():
         return []
     with results_csv.open(newline="") as handle:
         rows = [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(handle)]
-    return [
-        {
+    by_epoch = {
+        int(float(r["epoch"])): {
             "epoch": int(float(r["epoch"])),
             "val_map50": round(float(r["metrics/mAP50(B)"]), 4),
             "val_map50_95": round(float(r["metrics/mAP50-95(B)"]), 4),
         }
         for r in rows
-    ]
+    }
+    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 def run_training(settings: TrainSettings, out: str | Path, fresh: bool = False) -> ModelCard:

@@ -91,3 +91,15 @@ def test_bad_augmentation_override(tmp_path, metal_tags, aug):
     run = subprocess.run([sys.executable, "-m", "edge_inspect", "train", "--labels", str(metal_tags / "labels.csv"),
                           "--out", str(tmp_path), "--aug", aug], capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "expected KEY=NUMBER" in run.stderr
+
+
+def test_curve_keeps_the_rerun_of_an_interrupted_epoch(tmp_path):
+    from cloud.training import read_curve
+
+    header = "epoch,metrics/mAP50(B),metrics/mAP50-95(B)\n"
+    (tmp_path / "results.csv").write_text(header + "1,0.1,0.05\n2,0.2,0.1\n2,0.25,0.12\n3,0.3,0.2\n")
+    assert read_curve(tmp_path / "results.csv") == [
+        {"epoch": 1, "val_map50": 0.1, "val_map50_95": 0.05},
+        {"epoch": 2, "val_map50": 0.25, "val_map50_95": 0.12},
+        {"epoch": 3, "val_map50": 0.3, "val_map50_95": 0.2},
+    ]

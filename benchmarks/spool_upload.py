@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from device.config import UploadConfig  # noqa: E402
 from device.images import read_image  # noqa: E402
 from device.spool import Spool  # noqa: E402
 from device.uploader import Uploader, make_s3_client  # noqa: E402
+from edge_inspect.loopback import free_port, wait_until_listening  # noqa: E402
 
 
 def frames(count: int) -> list[np.ndarray]:
@@ -47,12 +47,6 @@ def sidecar(i: int) -> dict:
             "frame_time_epoch": 1767225600.0 + i, "width": 450, "height": 300,
             "model": {"name": "m", "version": "1", "sha256": "0" * 64}, "detections": [],
             "strategies": ["bench"], "tags": []}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def main() -> int:
@@ -74,12 +68,7 @@ def main() -> int:
         moto = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            for _ in range(200):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
+            wait_until_listening(port, 20, interval=0.1)
             os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"})
             config = UploadConfig(bucket="bench", endpoint_url=f"http://127.0.0.1:{port}", region="us-east-1")
             boto3.client("s3", endpoint_url=config.endpoint_url, region_name="us-east-1").create_bucket(Bucket="bench")

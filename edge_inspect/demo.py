@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -22,6 +21,7 @@ import paho.mqtt.client as paho
 
 from device.daemon import Daemon
 from device.images import read_image
+from edge_inspect.loopback import free_port, wait_until_listening
 from edge_inspect.paths import SAMPLES_DIR
 
 FPS = 10
@@ -50,27 +50,16 @@ def demo_video(out: Path, images: list[Path], hold_s: float = 2.0, gap_s: float 
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen, int]:
     binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
     if binary is None:
         raise DemoError("mosquitto is not installed (Debian/Ubuntu: sudo apt-get install mosquitto)")
-    port = _free_port()
+    port = free_port()
     conf = workdir / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
     proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
+    if wait_until_listening(port, 10):
+        return proc, port
     proc.kill()
     raise DemoError("mosquitto did not start")
 

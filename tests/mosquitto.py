@@ -6,7 +6,6 @@ from __future__ import annotations
 import getpass
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -14,13 +13,9 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 
+from edge_inspect.loopback import free_port, wait_until_listening
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Broker:
@@ -36,14 +31,9 @@ class Broker:
     def start(self) -> "Broker":
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                      stderr=(self.workdir / "mosquitto.log").open("a"))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
+        if not wait_until_listening(self.port, 10):
+            raise RuntimeError("mosquitto did not start")
+        return self
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import boto3
+
+from edge_inspect.loopback import wait_until_listening
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -25,14 +25,9 @@ class MotoS3:
         moto = Path(sys.executable).with_name("moto_server")
         self.proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(self.port)],
                                      stdout=subprocess.DEVNULL, stderr=(self.logdir / "moto.log").open("a"))
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("moto_server did not start")
+        if not wait_until_listening(self.port, 30, interval=0.1):
+            raise RuntimeError("moto_server did not start")
+        return self
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

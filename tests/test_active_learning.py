@@ -10,13 +10,14 @@ import shutil
 import signal
 import time
 
-
 from conftest import METAL_TAGS
 from daemon_helpers import DaemonProcess, wait_until, write_config
+from mosquitto import Subscriber
+from moto_s3 import MotoS3, set_credentials, sha
+
 from device.messages import validate
 from device.spool import Spool
-from moto_s3 import MotoS3, set_credentials, sha
-from mosquitto import Subscriber, free_port
+from edge_inspect.loopback import free_port
 
 BUCKET = "edge-inspect-frames"
 

@@ -6,11 +6,12 @@ import shutil
 import subprocess
 import time
 
-
 from conftest import REPO
 from daemon_helpers import DaemonProcess, scratch_video, write_config
+from mosquitto import Subscriber
+
 from device.messages import validate
-from mosquitto import Subscriber, free_port
+from edge_inspect.loopback import free_port
 
 DEBIAN_PYTHON = "/usr/bin/python3"
 

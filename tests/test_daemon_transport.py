@@ -8,10 +8,11 @@ import subprocess
 import urllib.request
 
 import pytest
-
 from daemon_helpers import DaemonProcess, scratch_video, write_config
+from mosquitto import Broker, Subscriber
+
 from device.messages import validate
-from mosquitto import Broker, Subscriber, free_port
+from edge_inspect.loopback import free_port
 
 
 def openssl(*args: str, cwd) -> None:

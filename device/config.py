@@ -18,6 +18,12 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; `str()` lists every bad key with its problem."""
 
 
+def require_unique(what: str, names: list[str]) -> None:
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{what} must be unique; repeated: {', '.join(repeated)}")
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -218,10 +224,7 @@ class ActiveLearningConfig(Strict):
 
     @model_validator(mode="after")
     def _unique_names(self) -> "ActiveLearningConfig":
-        names = [s.name for s in self.strategies]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"strategy names must be unique; repeated: {', '.join(dupes)}")
+        require_unique("strategy names", [s.name for s in self.strategies])
         if self.enabled and self.upload.enabled and not self.upload.bucket:
             raise ValueError("upload.bucket is required when active learning uploads are enabled")
         return self
@@ -241,10 +244,7 @@ class DaemonConfig(Strict):
 
     @model_validator(mode="after")
     def _unique_cameras(self) -> "DaemonConfig":
-        ids = [c.id for c in self.cameras]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise ValueError(f"camera ids must be unique; repeated: {', '.join(dupes)}")
+        require_unique("camera ids", [c.id for c in self.cameras])
         return self
 
 

@@ -3,7 +3,7 @@
 the device detector -> model card.
 
 Resumable: the run lives in one output folder. Run the same command again after an interruption
-and it continues from Ultralytics' `last.pt`; a finished run is not retrained, only re-exported and
+and it continues from the last whole checkpoint (`resume.pt`, see `_keep_resume_point`); a finished run is not retrained, only re-exported and
 re-scored if those steps did not finish.
 """
 
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 RUN_SUBDIR = "ultralytics"
 STATE_FILE = "train_state.json"
+RESUME_POINT = "resume.pt"  # an always-whole copy of Ultralytics' last.pt
 
 
 class TrainingError(RuntimeError):
@@ -88,17 +89,35 @@ def _save_state(out: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, out / STATE_FILE)
 
 
+def _keep_resume_point(trainer) -> None:
+    """Ultralytics rewrites last.pt in place (`write_bytes`): a kill during that write leaves a
+    truncated checkpoint. After each save, copy it to resume.pt by temp file, fsync and rename, so
+    there is always one whole checkpoint to resume from."""
+    last = Path(trainer.last)
+    resume_point = last.with_name(RESUME_POINT)
+    tmp = resume_point.with_name(RESUME_POINT + ".tmp")
+    with last.open("rb") as source, tmp.open("wb") as target:
+        shutil.copyfileobj(source, target)
+        target.flush()
+        os.fsync(target.fileno())
+    os.replace(tmp, resume_point)
+
+
 def _train(settings: TrainSettings, data_yaml: Path, out: Path, resume: bool) -> Path:
     from ultralytics import YOLO
 
     run_dir = out / RUN_SUBDIR
-    last = run_dir / "weights" / "last.pt"
-    if resume and last.is_file():
-        log.info("resuming training from %s", last)
-        YOLO(str(last)).train(resume=True, workers=settings.workers)
+    resume_point = run_dir / "weights" / RESUME_POINT
+    if resume and resume_point.is_file():
+        log.info("resuming training from %s", resume_point)
+        model = YOLO(str(resume_point))
+        model.add_callback("on_model_save", _keep_resume_point)
+        model.train(resume=True, workers=settings.workers)
     else:
         shutil.rmtree(run_dir, ignore_errors=True)
-        YOLO(settings.model_yaml).train(
+        model = YOLO(settings.model_yaml)
+        model.add_callback("on_model_save", _keep_resume_point)
+        model.train(
             data=str(data_yaml),
             epochs=settings.epochs,
             imgsz=settings.imgsz,

@@ -35,6 +35,7 @@ demo: $(VENV)/.device-installed
 
 test: $(VENV)/.test-installed
 	scripts/system-packages.sh test
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests
 
 # The benchmark (README, "INT8 and speed"): the Ultralytics comparison needs the train extra too.

@@ -28,8 +28,8 @@ import numpy as np
 
 from device.detector import Detector, file_sha256
 from device.images import list_images, read_image
-from device.timing import time_inference
 from device.model_card import ModelCard, card_path_for
+from device.timing import time_inference
 
 log = logging.getLogger(__name__)
 

@@ -3,8 +3,8 @@
 the device detector -> model card.
 
 Resumable: the run lives in one output folder. Run the same command again after an interruption
-and it continues from the last whole checkpoint (`resume.pt`, see `_keep_resume_point`); a finished run is not retrained, only re-exported and
-re-scored if those steps did not finish.
+and it continues from the last whole checkpoint (`resume.pt`, see `_keep_resume_point`); a
+finished run is not retrained, only re-exported and re-scored if those steps did not finish.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from cloud.dataset import SplitFractions, split_by_photo, write_yolo_dataset
 from cloud.evaluation import evaluate
 from cloud.label_table import read_label_csv
-from device.model_card import ModelCard, card_path_for, package_versions
 from device.detector import file_sha256
+from device.model_card import ModelCard, card_path_for, package_versions
 
 log = logging.getLogger(__name__)
 

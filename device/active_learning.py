@@ -12,30 +12,23 @@ from collections.abc import Callable
 
 import numpy as np
 
+from device import messages
 from device.config import ActiveLearningConfig
+from device.contracts import ActiveLearningFigures, SampleDetection
 from device.events import FrameResult
-from device.messages import SCHEMA_VERSION, Outbound, utc_iso
+from device.messages import Outbound
 from device.sampler import Sampler
-from device.spool import Spool, SpoolError
+from device.spool import Spool, SpoolError, SpoolWriteError
 from device.uploader import Uploader
 
 log = logging.getLogger(__name__)
 
 
 def sidecar_for(thing: str, result: FrameResult, strategies: tuple[str, ...], tags: tuple[str, ...]) -> dict:
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "thing": thing,
-        "camera": result.camera,
-        "frame_time": utc_iso(result.frame_time),
-        "frame_time_epoch": result.frame_time,
-        "width": result.width,
-        "height": result.height,
-        "model": result.model,
-        "detections": [d.to_dict() for d in result.detections],
-        "strategies": list(strategies),
-        "tags": list(tags),
-    }
+    detections = [SampleDetection(class_id=d.class_id, class_name=d.class_name, confidence=round(d.confidence, 5),
+                                  box=[round(v, 2) for v in d.box]) for d in result.detections]
+    return messages.sidecar(thing, result.camera, result.frame_time, result.width, result.height, result.model,
+                            detections, list(strategies), list(tags))
 
 
 class ActiveLearning:
@@ -47,7 +40,8 @@ class ActiveLearning:
         self.spool = Spool(spool_cfg.path, spool_cfg.max_bytes, spool_cfg.min_free_bytes, spool_cfg.jpeg_quality)
         self._pending: queue.Queue = queue.Queue(maxsize=spool_cfg.queue_size)
         self.dropped = 0
-        self.write_errors = 0
+        self.write_errors = 0  # samples not stored: no room, or a failed write (spool.write_failures)
+        self._failing = False
         self._writer = threading.Thread(target=self._write_loop, name="spool-writer", daemon=True)
         self.uploader = (Uploader(self.spool, config.upload, thing, publish, stop, s3_client)
                          if config.upload.enabled else None)
@@ -82,11 +76,16 @@ class ActiveLearning:
                 continue
             try:
                 self.spool.put(image, sidecar)
+                self._failing = False
                 if self.uploader:
                     self.uploader.wake()
-            except (SpoolError, OSError) as exc:  # disk full, read-only: count, log, go on
+            except (SpoolError, OSError) as exc:  # disk full, read-only: count, log once per burst, go on
                 self.write_errors += 1
-                log.error("spool: could not store a sample: %s", exc)
+                if not self._failing:
+                    self._failing = True
+                    if not isinstance(exc, SpoolWriteError):  # the spool logs its own write failures
+                        log.error("spool: could not store a sample: %s (further failures are counted, "
+                                  "not logged, until one is stored)", exc)
             finally:
                 self._pending.task_done()
 
@@ -96,16 +95,17 @@ class ActiveLearning:
         threading.Thread(target=lambda: (self._pending.join(), done.set()), daemon=True).start()
         done.wait(timeout)
 
-    def figures(self) -> dict[str, int | bool]:
-        return {
-            "spooled": len(self.spool),
-            "spool_bytes": self.spool.bytes,
-            "written": self.spool.written,
-            "evicted": self.spool.evicted,
-            "quarantined": self.spool.quarantined,
-            "dropped": self.dropped,
-            "rate_limited": self.sampler.rate_limited,
-            "duplicates_suppressed": self.sampler.suppressed_duplicates,
-            "uploaded": self.uploader.uploaded if self.uploader else 0,
-            "upload_online": self.uploader.online if self.uploader else False,
-        }
+    def figures(self) -> ActiveLearningFigures:
+        return ActiveLearningFigures(
+            spooled=len(self.spool),
+            spool_bytes=self.spool.bytes,
+            written=self.spool.written,
+            evicted=self.spool.evicted,
+            quarantined=self.spool.quarantined,
+            dropped=self.dropped,
+            write_failures=self.write_errors,
+            rate_limited=self.sampler.rate_limited,
+            duplicates_suppressed=self.sampler.suppressed_duplicates,
+            uploaded=self.uploader.uploaded if self.uploader else 0,
+            upload_online=self.uploader.online if self.uploader else False,
+        )

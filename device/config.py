@@ -11,11 +11,18 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from device.redact import redact, remember_secrets, secrets_in_text
+
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # safe in MQTT topics and file names
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; `str()` lists every bad key with its problem."""
+
+
+def require_ordered(model: BaseModel, low: str, high: str) -> None:
+    if getattr(model, low) > getattr(model, high):
+        raise ValueError(f"{low} ({getattr(model, low)}) must not exceed {high} ({getattr(model, high)})")
 
 
 def require_unique(what: str, names: list[str]) -> None:
@@ -36,7 +43,7 @@ class TlsConfig(Strict):
     insecure: bool = Field(False, description="skip host name checks (never in production)")
 
     @model_validator(mode="after")
-    def _cert_pair(self) -> "TlsConfig":
+    def _cert_pair(self) -> TlsConfig:
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError("certfile and keyfile go together (client certificate authentication)")
         if self.enabled:
@@ -58,9 +65,10 @@ class MqttConfig(Strict):
     protocol: Literal["3.1.1", "5"] = "3.1.1"
     keepalive_s: int = Field(30, ge=5, le=3600)
     tls: TlsConfig = TlsConfig()
-    max_queued_events: int = Field(10000, ge=10, description="events kept while the broker is away")
-    reconnect_min_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
+    max_queued_events: int = Field(10000, ge=10, le=1_000_000,
+                                   description="events kept on disk while the broker is away; the oldest go first")
+    reconnect_min_s: float = Field(0.5, ge=0.1, le=3600)
+    reconnect_max_s: float = Field(30.0, ge=0.1, le=3600)
 
     @field_validator("topic_prefix")
     @classmethod
@@ -69,11 +77,16 @@ class MqttConfig(Strict):
             raise ValueError("topic_prefix must not start or end with '/' or contain '//'")
         return value
 
+    @model_validator(mode="after")
+    def _backoff(self) -> MqttConfig:
+        require_ordered(self, "reconnect_min_s", "reconnect_max_s")
+        return self
+
 
 class ModelConfig(Strict):
     path: Path | None = Field(None, description="ONNX model; default: the bundled model")
     watch: bool = Field(True, description="swap in a new model when the file changes")
-    watch_interval_s: float = Field(2.0, gt=0)
+    watch_interval_s: float = Field(2.0, ge=0.1, le=3600)
     providers: list[str] = ["CPUExecutionProvider"]
     threads: int | None = Field(None, ge=1, le=256, description="intra-op threads; default: physical cores")
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
@@ -83,20 +96,20 @@ class ModelConfig(Strict):
 
 class ClassRule(Strict):
     min_confidence: float = Field(0.5, ge=0, le=1)
-    min_area_px: float = Field(0, ge=0, description="smallest box area (pixels) that counts")
+    min_area_px: float = Field(0, ge=0, le=1e9, description="smallest box area (pixels) that counts")
 
 
 class EventsConfig(Strict):
-    min_hits: int = Field(3, ge=1, description="a defect is new when seen in N ...")
-    window: int = Field(5, ge=1, description="... of the last M frames")
-    end_after_s: float = Field(2.0, gt=0, description="end a defect once gone this long")
-    update_min_delta: float = Field(0.05, ge=0, description="score rise that earns an update")
+    min_hits: int = Field(3, ge=1, le=1000, description="a defect is new when seen in N ...")
+    window: int = Field(5, ge=1, le=1000, description="... of the last M frames")
+    end_after_s: float = Field(2.0, ge=0.01, le=86400, description="end a defect once gone this long")
+    update_min_delta: float = Field(0.05, ge=0, le=1, description="score rise that earns an update")
     match_iou: float = Field(0.3, gt=0, le=1, description="IoU that ties a box to a tracked defect")
     default: ClassRule = ClassRule()
     classes: dict[str, ClassRule] = {}
 
     @model_validator(mode="after")
-    def _window(self) -> "EventsConfig":
+    def _window(self) -> EventsConfig:
         if self.min_hits > self.window:
             raise ValueError(f"min_hits ({self.min_hits}) cannot exceed window ({self.window})")
         return self
@@ -109,12 +122,18 @@ class CameraConfig(Strict):
     id: str = Field(pattern=ID_PATTERN)
     source: str | int = Field(description="USB index, rtsp://, http(s)://, a video file or a folder")
     kind: Literal["auto", "usb", "stream", "file", "folder"] = "auto"
-    watchdog_s: float = Field(5.0, gt=0, description="no frame this long: reopen the camera")
-    reconnect_min_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
+    watchdog_s: float = Field(5.0, ge=0.1, le=3600, description="no frame this long: reopen the camera")
+    reconnect_min_s: float = Field(0.5, ge=0.05, le=3600)
+    reconnect_max_s: float = Field(30.0, ge=0.05, le=3600)
     loop: bool = Field(False, description="file sources: start again at the end")
     realtime: bool = Field(False, description="file sources: pace frames at the file's fps")
     queue_size: int = Field(2, ge=1, le=100)
+    # Decoding is bounded before any full read: a hostile or broken file must not take the
+    # memory of a 1-2 GB edge box (a 389 KB PNG can decode to 20000x20000 pixels).
+    max_file_bytes: int = Field(64 * 1024**2, ge=1024, le=2 * 1024**3,
+                                description="folder sources: larger image files are set aside unread")
+    max_pixels: int = Field(40_000_000, ge=64 * 64, le=200_000_000,
+                            description="folder sources: images whose header says more pixels are set aside")
 
     @field_validator("source")
     @classmethod
@@ -122,6 +141,11 @@ class CameraConfig(Strict):
         if isinstance(value, str) and not value.strip():
             raise ValueError("source is empty")
         return value
+
+    @model_validator(mode="after")
+    def _backoff(self) -> CameraConfig:
+        require_ordered(self, "reconnect_min_s", "reconnect_max_s")
+        return self
 
     def resolved_kind(self) -> str:
         if self.kind != "auto":
@@ -134,7 +158,7 @@ class CameraConfig(Strict):
 
 
 class StatsConfig(Strict):
-    interval_s: float = Field(10.0, gt=0)
+    interval_s: float = Field(10.0, ge=0.1, le=86400)
     prometheus_port: int | None = Field(None, ge=1, le=65535)
     prometheus_host: str = "127.0.0.1"
 
@@ -146,9 +170,9 @@ class FileSinkConfig(Strict):
 class RateLimits(Strict):
     """At most this many samples per sliding minute / hour / day (None: no limit)."""
 
-    per_minute: int | None = Field(None, ge=0)
-    per_hour: int | None = Field(None, ge=0)
-    per_day: int | None = Field(None, ge=0)
+    per_minute: int | None = Field(None, ge=0, le=1_000_000)
+    per_hour: int | None = Field(None, ge=0, le=1_000_000)
+    per_day: int | None = Field(None, ge=0, le=10_000_000)
 
 
 class StrategyConfig(Strict):
@@ -165,17 +189,17 @@ class StrategyConfig(Strict):
     limits: RateLimits = RateLimits()
     threshold: float | None = Field(None, ge=0, le=1)
     epsilon: float = Field(0.1, ge=0, le=1)
-    min_count: int = Field(1, ge=1)
+    min_count: int = Field(1, ge=1, le=10000)
     classes: list[str] | None = None
     low: float = Field(0.25, ge=0, le=1)
     high: float = Field(0.5, ge=0, le=1)
     percent: float = Field(1.0, ge=0, le=100)
     class_percent: dict[str, float] = {}
-    min_detections: int = Field(1, ge=0)
-    max_detections: int | None = Field(None, ge=0)
+    min_detections: int = Field(1, ge=0, le=10000)
+    max_detections: int | None = Field(None, ge=0, le=10000)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "StrategyConfig":
+    def _consistent(self) -> StrategyConfig:
         if self.type == "uncertainty_band" and not self.low < self.high:
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         if self.type == "per_class" and not self.class_percent:
@@ -190,9 +214,9 @@ class StrategyConfig(Strict):
 class SpoolConfig(Strict):
     path: Path = Path("/var/lib/edge-inspect/spool")
     jpeg_quality: int = Field(90, ge=10, le=100)
-    max_bytes: int = Field(2 * 1024**3, ge=1024)
-    min_free_bytes: int = Field(512 * 1024**2, ge=0, description="evict before the disk gets fuller than this")
-    queue_size: int = Field(32, ge=1, description="frames waiting to be written; more are dropped and counted")
+    max_bytes: int = Field(2 * 1024**3, ge=1024, le=2**50)
+    min_free_bytes: int = Field(512 * 1024**2, ge=0, le=2**50, description="evict before the disk gets fuller than this")
+    queue_size: int = Field(32, ge=1, le=10000, description="frames waiting to be written; more are dropped and counted")
 
 
 class UploadConfig(Strict):
@@ -202,16 +226,29 @@ class UploadConfig(Strict):
     region: str | None = None
     endpoint_url: str | None = None
     batch_size: int = Field(20, ge=1, le=1000)
-    max_bytes_per_s: int | None = Field(None, ge=1024, description="bandwidth cap")
-    retry_min_s: float = Field(1.0, gt=0)
-    retry_max_s: float = Field(300.0, gt=0)
-    timeout_s: float = Field(10.0, gt=0)
+    max_bytes_per_s: int | None = Field(None, ge=1024, le=10 * 1024**3, description="bandwidth cap")
+    retry_min_s: float = Field(1.0, ge=0.05, le=86400)
+    retry_max_s: float = Field(300.0, ge=0.05, le=86400)
+    timeout_s: float = Field(10.0, ge=0.1, le=600)
+
+    @field_validator("prefix")
+    @classmethod
+    def _no_dot_segments(cls, value: str) -> str:
+        # the prefix becomes part of every S3 key: `..` or `.` segments would climb out of it
+        if any(part in (".", "..") for part in value.split("/")):
+            raise ValueError("prefix must not contain '.' or '..' segments")
+        return value
+
+    @model_validator(mode="after")
+    def _backoff(self) -> UploadConfig:
+        require_ordered(self, "retry_min_s", "retry_max_s")
+        return self
 
 
 class DedupConfig(Strict):
     enabled: bool = True
     max_distance: int = Field(4, ge=0, le=64, description="dHash Hamming distance that counts as the same frame")
-    remember: int = Field(256, ge=1, description="recent samples per camera to compare with")
+    remember: int = Field(256, ge=1, le=100_000, description="recent samples per camera to compare with")
 
 
 class ActiveLearningConfig(Strict):
@@ -223,7 +260,7 @@ class ActiveLearningConfig(Strict):
     upload: UploadConfig = UploadConfig()
 
     @model_validator(mode="after")
-    def _unique_names(self) -> "ActiveLearningConfig":
+    def _unique_names(self) -> ActiveLearningConfig:
         require_unique("strategy names", [s.name for s in self.strategies])
         if self.enabled and self.upload.enabled and not self.upload.bucket:
             raise ValueError("upload.bucket is required when active learning uploads are enabled")
@@ -232,6 +269,8 @@ class ActiveLearningConfig(Strict):
 
 class DaemonConfig(Strict):
     thing_name: str = Field("edge-inspect-dev", pattern=ID_PATTERN)
+    state_dir: Path = Field(Path("/var/lib/edge-inspect/state"),
+                            description="durable state: the alert outbox, open defects, what folder sources saw")
     transport: Literal["auto", "mqtt", "greengrass", "none"] = "auto"
     mqtt: MqttConfig = MqttConfig()
     model: ModelConfig = ModelConfig()
@@ -243,15 +282,9 @@ class DaemonConfig(Strict):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")
-    def _unique_cameras(self) -> "DaemonConfig":
+    def _unique_cameras(self) -> DaemonConfig:
         require_unique("camera ids", [c.id for c in self.cameras])
         return self
-
-
-# Keys that take effect without a restart when a configuration update arrives; anything else
-# in an update is kept for the next start and logged as such.
-LIVE_KEYS = ("events", "stats", "log_level", "active_learning.strategies", "active_learning.limits",
-             "active_learning.dedup")
 
 
 def format_validation_error(error: ValidationError) -> str:
@@ -268,7 +301,7 @@ def parse_config(data: Any, origin: str = "config") -> DaemonConfig:
     try:
         return DaemonConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{origin}: {format_validation_error(exc)}") from None
+        raise ConfigError(redact(f"{origin}: {format_validation_error(exc)}")) from None
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -276,9 +309,14 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc})") from None
+    remember_secrets(secrets_in_text(text))  # a YAML error quotes the line it failed on
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        raise ConfigError(redact(f"{path}: not valid YAML ({exc})")) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data

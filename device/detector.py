@@ -84,6 +84,16 @@ class Letterbox:
     pad_y: int
 
 
+@dataclass(frozen=True)
+class PreparedInput:
+    """A frame's model input (letterbox and blob), made in the camera's thread for the model
+    serving at that moment; if the model swapped since, the inference stage makes it again."""
+
+    model_sha256: str
+    blob: np.ndarray
+    fit: Letterbox
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -146,6 +156,11 @@ def _model_info(path: Path, session: ort.InferenceSession) -> ModelInfo:
         size = (int(imgsz[0]), int(imgsz[1]))
     except (ValueError, SyntaxError, TypeError, IndexError):
         raise NotADetectorError(f"{path}: input size is neither in metadata nor in the input shape") from None
+    graph_size = tuple(shape[2:4])
+    if all(isinstance(d, int) for d in graph_size) and graph_size != size:
+        # a model whose metadata lies about its input would fail on the first frame, not at load
+        raise NotADetectorError(f"{path}: metadata says input {size[0]}x{size[1]} but the graph takes "
+                                f"{graph_size[0]}x{graph_size[1]}")
     return ModelInfo(
         path=path,
         sha256=file_sha256(path),
@@ -272,7 +287,7 @@ class Detector:
         names = self.info.class_names
         return [
             Detection(int(class_ids[i]), names[int(class_ids[i])], float(scores[i]), tuple(map(float, box)))
-            for i, box in zip(order, xyxy)
+            for i, box in zip(order, xyxy, strict=True)
         ]
 
     def detect(self, frame: np.ndarray, conf: float | None = None, iou: float | None = None) -> list[Detection]:

@@ -13,9 +13,11 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 
+from device import messages
 from device.config import EventsConfig
+from device.contracts import DefectEvent, ModelIdentity, StageLatency
 from device.detector import Detection
-from device.messages import SCHEMA_VERSION, Outbound, utc_iso
+from device.messages import Outbound, utc_iso
 
 
 @dataclass(frozen=True)
@@ -29,8 +31,8 @@ class FrameResult:
     width: int
     height: int
     detections: tuple[Detection, ...]
-    latency_ms: dict[str, float]
-    model: dict[str, str]
+    latency_ms: StageLatency
+    model: ModelIdentity
 
 
 @dataclass
@@ -122,33 +124,41 @@ class DefectTracker:
         self.tracks = kept
         return out
 
-    def finish(self) -> list[Outbound]:
+    def finish(self, reason: str | None = None) -> list[Outbound]:
         """The stream ended (file done, daemon stopping): every open defect ends now."""
-        out = [self._event(t, "end") for t in self.tracks if t.active]
+        out = [self._event(t, "end", reason) for t in self.tracks if t.active]
         self.tracks = []
         return out
 
-    def _event(self, track: Track, kind: str) -> Outbound:
+    def _event(self, track: Track, kind: str, reason: str | None = None) -> Outbound:
         result = track.last_result
         assert result is not None
         x1, y1, x2, y2 = track.box
         w, h = max(result.width, 1), max(result.height, 1)
-        payload = {
-            "schema_version": SCHEMA_VERSION,
-            "thing": self.thing,
-            "camera": self.camera,
-            "event_id": track.event_id,
-            "type": kind,
-            "class": track.class_name,
-            "class_id": track.class_id,
-            "score": round(track.score, 4),
-            "top_score": round(track.top_score, 4),
-            "box": [round(v, 1) for v in track.box],
-            "box_norm": [round(min(max(v, 0.0), 1.0), 5) for v in (x1 / w, y1 / h, x2 / w, y2 / h)],
-            "frame_time": utc_iso(result.frame_time),
-            "sent_time": utc_iso(time.time()),
-            "frames_seen": track.frames_seen,
-            "model": result.model,
-            "latency_ms": result.latency_ms,
-        }
-        return Outbound("event", "events", payload)
+        return messages.event(DefectEvent(
+            message_id=messages.new_message_id(),
+            thing=self.thing,
+            camera=self.camera,
+            event_id=track.event_id,
+            type=kind,
+            class_name=track.class_name,
+            class_id=track.class_id,
+            score=round(track.score, 4),
+            top_score=round(track.top_score, 4),
+            box=[round(max(v, 0.0), 1) for v in track.box],
+            box_norm=[round(min(max(v, 0.0), 1.0), 5) for v in (x1 / w, y1 / h, x2 / w, y2 / h)],
+            frame_time=utc_iso(result.frame_time),
+            sent_time=utc_iso(time.time()),
+            frames_seen=track.frames_seen,
+            model=result.model,
+            latency_ms=result.latency_ms,
+            reason=reason,
+        ))
+
+
+def ended_after_restart(last: DefectEvent, reason: str) -> Outbound:
+    """The `end` of a defect left open when the daemon stopped without ending it (a crash, a
+    power cut): built from its last published event, so a subscriber waiting for the end gets it."""
+    return messages.event(last.model_copy(update={
+        "message_id": messages.new_message_id(), "type": "end", "sent_time": utc_iso(time.time()), "reason": reason,
+    }))

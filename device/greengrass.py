@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from device.messages import Outbound
@@ -40,13 +41,19 @@ def connect_ipc():
 class GreengrassSink(Sink):
     """Messages to AWS IoT Core through the nucleus, which spools them while the cloud is away.
     IoT Core has no retained `available` last will for IPC clients; the nucleus' own lifecycle
-    status (and the stats heartbeat) tell when the component is down."""
+    status (and the stats heartbeat) tell when the component is down.
+
+    `publish_to_iot_core` returns once the nucleus has taken the message (and, at QoS 1, spooled
+    it for IoT Core), so for the outbox a returned call is the acknowledgement: delivery here is
+    synchronous, and a defect event leaves the outbox file only after it."""
 
     name = "greengrass"
 
-    def __init__(self, ipc_client: Any, topic_root: str, max_queued: int = 10000) -> None:
-        super().__init__(max_queued=max_queued)
+    def __init__(self, ipc_client: Any, topic_root: str, max_queued: int = 10000,
+                 outbox_path: Path | None = None) -> None:
+        super().__init__(max_queued=max_queued, outbox_path=outbox_path)
         self.ipc, self.root = ipc_client, topic_root
+        self._failing = False
 
     def deliver(self, message: Outbound) -> bool:
         from awsiot.greengrasscoreipc.model import QOS
@@ -54,10 +61,16 @@ class GreengrassSink(Sink):
         qos = QOS.AT_LEAST_ONCE if message.qos else QOS.AT_MOST_ONCE
         try:
             self.ipc.publish_to_iot_core(topic_name=f"{self.root}/{message.subtopic}", qos=qos,
-                                         payload=message.body(), retain=message.retain or None)
+                                         payload=message.body, retain=message.retain or None)
         except Exception as exc:  # the nucleus restarting, throttling: keep the message, retry
-            log.warning("greengrass: publish to %s failed (%s); will retry", message.subtopic, exc)
+            if not self._failing:  # retried every few ms: one line per outage, not per attempt
+                log.warning("greengrass: publish to %s failed (%s); retrying until the nucleus takes it",
+                            message.subtopic, exc)
+            self._failing = True
             return False
+        if self._failing:
+            log.info("greengrass: the nucleus takes messages again")
+            self._failing = False
         return True
 
 

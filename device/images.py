@@ -1,32 +1,156 @@
-"""Reading images from disk for the CLI and for folder sources, with errors a user can act on."""
+"""Reading images from disk for the CLI and for folder sources, with errors a user can act on.
+
+Every read is bounded before it costs memory: a hostile or broken file must not take the memory of
+a 1-2 GB edge box. Two limits, checked in this order:
+
+1. the file size, from `fstat` of the opened file, before a single byte is read (a 3 GiB file,
+   sparse or not, is set aside unread);
+2. the pixel count the image header declares, before anything is decoded (a 389 KB PNG can
+   declare 20000x20000 pixels: 1.2 GB once decoded to BGR).
+
+The header is read by Pillow, which parses headers only on `Image.open` and never decodes there.
+The bytes Pillow checks are the very bytes OpenCV then decodes (one read into memory), so a file
+swapped between the check and the decode cannot slip through.
+"""
 
 from __future__ import annotations
 
+import errno
+import io
+import os
+import stat
+import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from device.config import CameraConfig
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+# The Pillow formats that match IMAGE_SUFFIXES: no other parser ever sees a file we read.
+HEADER_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")
+
+DEFAULT_MAX_FILE_BYTES: int = CameraConfig.model_fields["max_file_bytes"].default
+DEFAULT_MAX_PIXELS: int = CameraConfig.model_fields["max_pixels"].default
+
+# We enforce our own pixel limit (max_pixels) from the header; Pillow's warning for large images
+# would only repeat it, on stderr. Pillow still raises DecompressionBombError above
+# 2 * Image.MAX_IMAGE_PIXELS (about 179 M pixels), which we report as too many pixels.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageInputError(ValueError):
     """A path given as input that holds no usable image."""
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """A BGR uint8 image; a missing, empty, truncated or non-image file raises ImageInputError."""
+class ImageRejected(ImageInputError):
+    """An image file set aside unread or undecoded; `reason` reads after "is" or after ": "."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = Path(path), reason
+
+
+@dataclass(frozen=True)
+class FileKey:
+    """What identifies one version of a file: a file replaced under the same name changes it."""
+
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileKey:
+        return cls(st.st_size, st.st_mtime_ns)
+
+
+def load_image(path: str | Path, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, FileKey]:
+    """A BGR uint8 image and the key of the file version it came from; ImageRejected (with the
+    reason) for anything that is not a readable image within the limits."""
     path = Path(path)
-    if not path.is_file():
-        raise ImageInputError(f"{path}: no such file")
-    # imdecode from bytes rather than imread so a non-ASCII path or a file that grows while we
-    # read it gives a clean failure instead of a partial frame.
-    data = np.fromfile(path, dtype=np.uint8)
-    frame = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if frame is None:
-        raise ImageInputError(f"{path}: not a readable image (empty, truncated or not an image format)")
-    return frame
+    data, key = _read_bounded(path, max_file_bytes)
+    _check_pixels(path, data, max_pixels)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # OpenCV's own checks (e.g. OPENCV_IO_MAX_IMAGE_PIXELS)
+        raise ImageRejected(path, f"not a readable image ({str(exc).strip().splitlines()[-1]})") from None
+    if image is None:
+        raise ImageRejected(path, "not a readable image (empty, truncated or not an image format)")
+    return image, key
+
+
+def read_image(path: str | Path, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A BGR uint8 image; a missing, empty, truncated, oversized or non-image file raises
+    ImageInputError (the limits default to a camera's: see CameraConfig)."""
+    return load_image(path, max_file_bytes, max_pixels)[0]
+
+
+def _read_bounded(path: Path, max_file_bytes: int) -> tuple[bytes, FileKey]:
+    """The whole file, read only if its size is within the limit."""
+    try:
+        # O_NONBLOCK: a FIFO named like an image must not block the reader forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ImageRejected(path, _open_failure(path, exc)) from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageRejected(path, "a directory, not an image file")
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageRejected(path, "not a regular file (a FIFO, socket or device)")
+        if st.st_size > max_file_bytes:
+            raise ImageRejected(path, f"too large: {st.st_size} bytes, the limit (max_file_bytes) is {max_file_bytes}")
+        if st.st_size == 0:
+            raise ImageRejected(path, "not a readable image (empty file)")
+        # One byte more than fstat said, to notice a file still being written.
+        data = _read_up_to(fd, st.st_size + 1)
+    except OSError as exc:  # an I/O error on a bad disk or a network mount gone away
+        raise ImageRejected(path, f"not readable ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+    if len(data) > st.st_size:
+        raise ImageRejected(path, "not a readable image yet (it grew while being read)")
+    return data, FileKey.of(st)
+
+
+def _read_up_to(fd: int, limit: int) -> bytes:
+    chunks, total = [], 0
+    while total < limit:
+        chunk = os.read(fd, min(limit - total, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
+def _open_failure(path: Path, exc: OSError) -> str:
+    if exc.errno == errno.ENOENT:
+        return "a dangling symlink" if path.is_symlink() else "no such file"
+    if exc.errno == errno.ELOOP:
+        return "a symlink loop"
+    return f"not readable ({exc.strerror or exc})"
+
+
+def _check_pixels(path: Path, data: bytes, max_pixels: int) -> None:
+    """Refuse an image whose header declares more than `max_pixels`; nothing is decoded."""
+    try:
+        with Image.open(io.BytesIO(data), formats=HEADER_FORMATS) as probe:
+            width, height = probe.size
+    except Image.DecompressionBombError as exc:  # Pillow's own ceiling, far above any sane max_pixels
+        raise ImageRejected(path, f"too many pixels ({exc}); the limit (max_pixels) is {max_pixels}") from None
+    except UnidentifiedImageError:
+        raise ImageRejected(path, "not a readable image (not a JPEG, PNG, BMP, TIFF or WebP file)") from None
+    except Exception as exc:  # Pillow raises many types for a header it cannot parse
+        raise ImageRejected(path, f"not a readable image ({type(exc).__name__}: {exc})") from None
+    if width * height > max_pixels:
+        raise ImageRejected(path, f"too many pixels: the header declares {width}x{height} "
+                                  f"({width * height}), the limit (max_pixels) is {max_pixels}")
 
 
 def list_images(paths: Iterable[str | Path]) -> list[Path]:

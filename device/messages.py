@@ -1,58 +1,119 @@
-"""What goes on the wire. Every message has a JSON Schema in `device/schemas/`; the builders here
-are the only place payloads are shaped, and `validate` checks one against its schema."""
+"""What goes on the wire. Every message is a typed model in `device.contracts` (its JSON Schema in
+`device/schemas/` is generated from it); the functions here turn models into `Outbound`
+messages, and are the only place that does. Free text that may come from configuration or an
+exception (reasons, error messages) is redacted here, on its way out."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import time
+import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import lru_cache
-from pathlib import Path
+from functools import cache
 from typing import Any
 
-SCHEMA_VERSION = 1
-SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
-KINDS = ("event", "status", "available", "error", "stats", "samples", "sidecar")
+from device.contracts import (
+    CONTRACTS,
+    SCHEMA_DIR,
+    SCHEMA_VERSION,
+    Available,
+    CameraState,
+    CameraStatus,
+    DefectEvent,
+    ErrorMessage,
+    ModelIdentity,
+    Notice,
+    SampleDetection,
+    Samples,
+    Sidecar,
+    Stats,
+)
+from device.redact import redact
 
+__all__ = ["SCHEMA_VERSION", "Outbound", "utc_iso", "new_message_id"]
 
-@dataclass(frozen=True)
-class Outbound:
-    """One message for every sink: topic relative to `{prefix}/{thing}/`, JSON payload."""
-
-    kind: str  # one of KINDS: names the schema
-    subtopic: str  # "events", "available", "{camera}/status", ...
-    payload: Any
-    retain: bool = False
-    qos: int = 1
-
-    def body(self) -> bytes:
-        return json.dumps(self.payload, separators=(",", ":")).encode()
+KINDS = tuple(CONTRACTS)
 
 
 def utc_iso(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def new_message_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """One message for every sink: topic relative to `{prefix}/{thing}/`, and the exact bytes that
+    go on the wire. Built only by the functions below, from the models in `device.contracts`.
+
+    `durable` messages (defect events) wait on disk while the broker is away and survive a
+    restart; `message_id` is the same on every delivery attempt of one message, so a subscriber
+    drops the one repeat a crash can cause."""
+
+    kind: str  # one of KINDS: names the schema
+    subtopic: str  # "events", "available", "{camera}/status", ...
+    body: bytes
+    retain: bool = False
+    qos: int = 1
+    durable: bool = False
+    message_id: str = field(default_factory=new_message_id)
+
+    @property
+    def payload(self) -> Any:
+        """The body as data: JSON for every kind but `available`, which is bare text."""
+        return self.body.decode() if self.kind == "available" else json.loads(self.body)
+
+
+def event(payload: DefectEvent) -> Outbound:
+    """Defect events are durable: they wait on disk for the broker and survive a restart."""
+    return Outbound("event", "events", payload.wire(), durable=True, message_id=payload.message_id)
+
+
 def available(online: bool) -> Outbound:
-    return Outbound("available", "available", "online" if online else "offline", retain=True)
+    return Outbound("available", "available", Available("online" if online else "offline").wire(), retain=True)
 
 
-def camera_status(thing: str, camera: str, state: str, since: float, reason: str) -> Outbound:
-    payload = {"schema_version": SCHEMA_VERSION, "thing": thing, "camera": camera, "state": state,
-               "since": utc_iso(since), "reason": reason}
-    return Outbound("status", f"{camera}/status", payload, retain=True)
+def camera_status(thing: str, camera: str, state: CameraState, since: float, reason: str) -> Outbound:
+    payload = CameraStatus(thing=thing, camera=camera, state=state, since=utc_iso(since), reason=redact(reason))
+    return Outbound("status", f"{camera}/status", payload.wire(), retain=True)
 
 
-def operational(thing: str, kind: str, message: str, model: dict[str, str], when: float,
-                candidate: str | None = None) -> Outbound:
-    payload = {"schema_version": SCHEMA_VERSION, "thing": thing, "type": kind, "message": message,
-               "time": utc_iso(when), "model": model}
-    if candidate:
-        payload["candidate"] = candidate
-    return Outbound("error", "errors", payload)
+def error(thing: str, kind: str, message: str, model: ModelIdentity, candidate: str | None = None) -> Outbound:
+    payload = ErrorMessage(thing=thing, type=kind, message=redact(message), time=utc_iso(time.time()), model=model,
+                           candidate=redact(candidate) if candidate else None)
+    return Outbound("error", "errors", payload.wire())
 
 
-@lru_cache(maxsize=None)
+def notice(thing: str, kind: str, message: str, model: ModelIdentity, candidate: str | None = None,
+           applied: list[str] | None = None, pending_restart: list[str] | None = None) -> Outbound:
+    payload = Notice(thing=thing, type=kind, message=redact(message), time=utc_iso(time.time()), model=model,
+                     candidate=redact(candidate) if candidate else None, applied=applied,
+                     pending_restart=pending_restart)
+    return Outbound("notice", "notices", payload.wire())
+
+
+def stats(payload: Stats) -> Outbound:
+    return Outbound("stats", "stats", payload.wire(), qos=0)
+
+
+def samples(thing: str, bucket: str, keys: list[str]) -> Outbound:
+    payload = Samples(thing=thing, time=utc_iso(time.time()), bucket=bucket, count=len(keys), keys=keys)
+    return Outbound("samples", "samples", payload.wire())
+
+
+def sidecar(thing: str, camera: str, frame_time: float, width: int, height: int, model: ModelIdentity,
+            detections: list[SampleDetection], strategies: list[str], tags: list[str]) -> dict[str, Any]:
+    """The sidecar of a sampled frame, as the spool stores it (it adds the JPEG's sha256 and size)."""
+    payload = Sidecar(thing=thing, camera=camera, frame_time=utc_iso(frame_time), frame_time_epoch=frame_time,
+                      width=width, height=height, model=model, detections=detections, strategies=strategies,
+                      tags=tags)
+    return payload.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+@cache
 def _registry():
     from referencing import Registry, Resource
 
@@ -64,7 +125,7 @@ def _registry():
     return Registry().with_resources(resources)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _validator(kind: str):
     from jsonschema import Draft202012Validator, FormatChecker
 
@@ -73,5 +134,6 @@ def _validator(kind: str):
 
 
 def validate(kind: str, payload: Any) -> None:
-    """Raise jsonschema.ValidationError if `payload` does not match the `kind` schema."""
+    """Raise jsonschema.ValidationError if `payload` does not match the checked-in `kind` schema
+    (what a subscriber in another language would check against)."""
     _validator(kind).validate(payload)

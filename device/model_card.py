@@ -42,7 +42,7 @@ class ModelCard(BaseModel):
         os.replace(tmp, path)
 
     @classmethod
-    def read(cls, path: str | Path) -> "ModelCard":
+    def read(cls, path: str | Path) -> ModelCard:
         return cls.model_validate_json(Path(path).read_text())
 
 

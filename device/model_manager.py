@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from device.contracts import ModelIdentity
 from device.detector import Detector, ModelError
-from device.model_card import card_path_for, ModelCard
+from device.model_card import ModelCard, card_path_for
 
 log = logging.getLogger(__name__)
 
 
-def model_identity(detector: Detector) -> dict[str, str]:
+def model_identity(detector: Detector) -> ModelIdentity:
     """Name, version and sha256 of a loaded model, as every event and stats message carries it.
     The version is the model card's `version` (set by the registry) when there is one, else the
     card's creation time, else the first 12 hex digits of the sha256."""
@@ -31,27 +32,38 @@ def model_identity(detector: Detector) -> dict[str, str]:
             version = str(getattr(card, "version", None) or card.created or version)
         except (ValueError, OSError):
             log.warning("model card %s unreadable; version from the sha256", card_file)
-    return {"name": info.name, "version": version, "sha256": info.sha256}
+    return ModelIdentity(name=info.name, version=version, sha256=info.sha256)
 
 
 def check_candidate(detector: Detector, reference: np.ndarray | None) -> None:
-    """A model must run on a real frame (or a grey one before any frame) and return sane output."""
+    """A model must run on a real frame (or a grey one before any frame) and give finite output:
+    a model whose scores are NaN would otherwise be served and never raise an alert."""
     frame = reference if reference is not None else np.full((480, 640, 3), 114, np.uint8)
-    found = detector.detect(frame)
-    for det in found:
-        if not all(np.isfinite(det.box)) or not 0 <= det.confidence <= 1:
-            raise ModelError(f"{detector.info.path} returns non-finite boxes or scores")
+    blob, _ = detector.preprocess(frame)
+    output = detector.infer(blob)
+    if not np.isfinite(output).all():
+        bad = int((~np.isfinite(output)).sum())
+        raise ModelError(f"{detector.info.path} gives non-finite output (NaN or inf in {bad} of {output.size} "
+                         "values) on a test frame")
+
+
+def load_checked(path: Path, providers: Sequence[str], options: object | None = None) -> Detector:
+    """Load a model and check it runs: what start-up, `--check-config` and a hot swap all do."""
+    detector = Detector(path, providers=providers, session_options=options)
+    check_candidate(detector, None)
+    return detector
 
 
 class ModelManager:
     """Holds the serving detector; swaps only when the inference stage calls `take_pending`."""
 
     def __init__(self, path: Path, providers: Sequence[str], on_message: Callable[[str, str, str], None],
-                 options_factory: Callable[[], object] | None = None) -> None:
+                 options_factory: Callable[[], object] | None = None, loaded: Detector | None = None) -> None:
+        """`loaded`: the model at `path`, already loaded and checked (by the start-up checks)."""
         self.path, self.providers = Path(path), list(providers)
         self._on_message = on_message  # (type, message, candidate path)
         self._options = options_factory or (lambda: None)  # a SessionOptions is single-use
-        self.detector = self._load(self.path)
+        self.detector = loaded or self._load(self.path)
         self.identity = model_identity(self.detector)
         self._pending: Detector | None = None
         self._lock = threading.Lock()
@@ -61,7 +73,7 @@ class ModelManager:
         self.rejections = 0
 
     def _load(self, path: Path) -> Detector:
-        return Detector(path, providers=self.providers, session_options=self._options())
+        return load_checked(path, self.providers, self._options())
 
     def _stat(self) -> tuple[int, int] | None:
         try:
@@ -81,12 +93,12 @@ class ModelManager:
     def offer(self, candidate_path: Path) -> bool:
         try:
             candidate = self._load(candidate_path)
-            check_candidate(candidate, self.reference_frame)
+            check_candidate(candidate, self.reference_frame)  # and on the line's own last frame
             if candidate.info.sha256 == self.detector.info.sha256:
                 return False
         except Exception as exc:  # any failure to load or run: refuse, keep serving
             self.rejections += 1
-            log.error("model %s refused, keeping %s: %s", candidate_path, self.identity["name"], exc)
+            log.error("model %s refused, keeping %s: %s", candidate_path, self.identity.name, exc)
             self._on_message("model_rejected", f"refused: {exc}", str(candidate_path))
             return False
         with self._lock:
@@ -103,6 +115,6 @@ class ModelManager:
         old = self.identity
         self.detector, self.identity = candidate, model_identity(candidate)
         self.swaps += 1
-        self._on_message("model_swapped", f"now serving {self.identity['name']} {self.identity['sha256'][:12]} "
-                         f"(was {old['sha256'][:12]})", str(candidate.info.path))
+        self._on_message("model_swapped", f"now serving {self.identity.name} {self.identity.sha256[:12]} "
+                         f"(was {old.sha256[:12]})", str(candidate.info.path))
         return True

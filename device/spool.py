@@ -2,7 +2,10 @@
 JPEG's sha256 (`<sha>.jpg`, `<sha>.json`).
 
 The directory is the truth. Each file is written to a temporary name, fsynced, and renamed into
-place, the JPEG first and the sidecar last: a frame exists once its sidecar does. At start,
+place, the JPEG first and the sidecar last: a frame exists once its sidecar does. A write that
+fails (disk full, read-only, I/O error) cleans up after itself: its temporary file is removed, and
+a JPEG already renamed into place goes too when its sidecar cannot be written; each failed write is
+counted (`write_failures`) and logged once per burst. At start,
 temporary files and JPEGs without a sidecar (a crash mid-write) are removed, and the index is
 rebuilt from the sidecars. A sidecar that does not parse, or whose JPEG is missing or does not
 match its hash, is moved to `quarantine/` with a log line, and the rest goes on.
@@ -13,6 +16,7 @@ eviction is counted.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -36,6 +40,11 @@ class SpoolError(RuntimeError):
     pass
 
 
+class SpoolWriteError(SpoolError):
+    """A put failed while writing (the OSError is its __cause__); the spool has cleaned up,
+    counted it in `write_failures` and logged it (once per burst)."""
+
+
 @dataclass(frozen=True)
 class SpoolItem:
     sha256: str
@@ -53,13 +62,27 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:  # nothing more to do here; start-up cleans what is left
+        log.warning("spool: could not remove %s: %s", path.name, exc)
+
+
 def write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary file beside `path`, fsync it, rename it into place, fsync the
+    folder. If anything before the rename fails the temporary file is removed and the error
+    raised: a failed write leaves nothing behind."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -74,6 +97,8 @@ class Spool:
         self.evicted = 0
         self.quarantined = 0
         self.written = 0
+        self.write_failures = 0  # puts that failed while writing (disk full, I/O error), each counted
+        self._failure_burst = 0  # failures since the last successful write; logged once per burst
         self.recover()
 
     # --- start-up ---------------------------------------------------------------------------------
@@ -133,12 +158,46 @@ class Spool:
                 return None
             self._make_room(len(jpeg_bytes) + len(meta_bytes))
             jpeg, side = self.root / f"{sha}.jpg", self.root / f"{sha}.json"
-            write_atomically(jpeg, jpeg_bytes)
-            write_atomically(side, meta_bytes)  # the frame exists from here on
+            try:
+                self._write_frame(jpeg, side, jpeg_bytes, meta_bytes)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._items:
+                    self._write_failed(sha, exc)
+                    raise SpoolWriteError(f"could not write {sha[:12]}: {exc}") from exc
+                # The byte count said there was room, the filesystem disagrees (whole blocks,
+                # inodes, another writer): make room the hard way, oldest first, and try once more.
+                self._evict_oldest("the disk is full")
+                try:
+                    self._write_frame(jpeg, side, jpeg_bytes, meta_bytes)
+                except OSError as again:
+                    self._write_failed(sha, again)
+                    raise SpoolWriteError(f"could not write {sha[:12]}: {again}") from again
+            if self._failure_burst:
+                log.warning("spool: writing again after %d failed write(s)", self._failure_burst)
+                self._failure_burst = 0
             item = SpoolItem(sha, jpeg, side, len(jpeg_bytes) + len(meta_bytes), float(sidecar["frame_time_epoch"]))
             self._items[sha] = item
             self.written += 1
             return item
+
+    @staticmethod
+    def _write_frame(jpeg: Path, side: Path, jpeg_bytes: bytes, meta_bytes: bytes) -> None:
+        try:
+            write_atomically(jpeg, jpeg_bytes)
+            write_atomically(side, meta_bytes)  # the frame exists from here on
+        except OSError:
+            # A frame exists only once its sidecar does: a JPEG (or a sidecar whose folder
+            # fsync failed) left from this attempt would be debris the index does not know.
+            _unlink_quietly(side)
+            _unlink_quietly(jpeg)
+            raise
+
+    def _write_failed(self, sha: str, exc: OSError) -> None:
+        self.write_failures += 1
+        self._failure_burst += 1
+        if self._failure_burst == 1:  # the first of a burst; the rest are counted until a write succeeds
+            log.error("spool: could not write %s (%s); nothing left behind. Further failures are counted "
+                      "(write_failures), not logged, until a write succeeds", sha[:12], exc)
 
     def _make_room(self, incoming: int) -> None:
         def over() -> bool:
@@ -146,12 +205,15 @@ class Spool:
             return self._bytes() + incoming > self.max_bytes or free - incoming < self.min_free_bytes
 
         while self._items and over():
-            oldest = min(self._items.values(), key=lambda i: (i.created, i.sha256))
-            self._remove_locked(oldest)
-            self.evicted += 1
-            log.warning("spool: evicted %s (oldest) to stay within limits", oldest.sha256[:12])
+            self._evict_oldest("to stay within limits")
         if over():
             raise SpoolError("no room in the spool even when empty (disk full?)")
+
+    def _evict_oldest(self, why: str) -> None:
+        oldest = min(self._items.values(), key=lambda i: (i.created, i.sha256))
+        self._remove_locked(oldest)
+        self.evicted += 1
+        log.warning("spool: evicted %s (oldest) %s", oldest.sha256[:12], why)
 
     def _bytes(self) -> int:
         return sum(i.size for i in self._items.values())

@@ -20,8 +20,9 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
+from device import messages
 from device.config import UploadConfig
-from device.messages import SCHEMA_VERSION, Outbound, utc_iso
+from device.messages import Outbound
 from device.spool import Spool, SpoolError, SpoolItem
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,4 @@ class Uploader(threading.Thread):
         self.s3.put_object(Bucket=self.config.bucket, Key=key, Body=body, ContentType=content_type)
 
     def _announce(self, keys: list[str]) -> None:
-        payload = {"schema_version": SCHEMA_VERSION, "thing": self.thing, "time": utc_iso(time.time()),
-                   "bucket": self.config.bucket, "count": len(keys), "keys": keys}
-        self.publish(Outbound("samples", "samples", payload))
+        self.publish(messages.samples(self.thing, self.config.bucket, keys))

@@ -9,7 +9,8 @@ import logging
 import sys
 from pathlib import Path
 
-from edge_inspect.paths import bundled_model_path
+from device.bundled import bundled_model_path
+from device.redact import redact
 
 
 class CliError(Exception):
@@ -127,16 +128,17 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from device.daemon import build_daemon, default_model_path, install_signal_handlers
+    from device.bundled import bundled_model_path
     from device.config import load_config
-    from device.detector import Detector
+    from device.daemon import build_daemon, install_signal_handlers
     from device.logs import setup_json_logging
+    from device.preflight import preflight
 
     if args.check_config:
         if args.config is None:
             raise CliError("--check-config needs --config FILE")
         config = load_config(args.config)
-        model = Detector(config.model.path or default_model_path(), providers=config.model.providers)
+        model = preflight(config, config.model.path or bundled_model_path())  # what `run` checks first
         print(f"{args.config}: OK ({len(config.cameras)} camera(s), model {model.info.name}, "
               f"thing {config.thing_name})")
         return 0
@@ -144,7 +146,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     daemon = build_daemon(args.config)
     logging.getLogger().setLevel(daemon.config.log_level)
     install_signal_handlers(daemon)
-    return daemon.run()
+    # Leave without interpreter finalization: a camera thread stuck in FFmpeg would abort it
+    # (SIGABRT). The daemon's own shutdown has flushed everything by then; see device.lifecycle.
+    from device.lifecycle import run_then_exit
+
+    run_then_exit(daemon.run)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -168,7 +174,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from edge_inspect.bench import default_models, markdown, run_benchmark
+    from benchmarks.bench import default_models, markdown, run_benchmark
 
     models = args.model or default_models()
     if not models:
@@ -226,14 +232,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from device.logs import setup_plain_logging
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    setup_plain_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args)
     except _user_errors() as exc:
         if args.verbose:
             logging.exception("failed")
-        print(f"edge-inspect: error: {exc}", file=sys.stderr)
+        print(f"edge-inspect: error: {redact(exc)}", file=sys.stderr)
         return 2
 
 
@@ -243,12 +251,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     from cloud.evaluation import EvaluationError
     from cloud.label_table import LabelTableError
+    from cloud.quantize import QuantizationError
     from cloud.training import TrainingError
     from device.config import ConfigError
     from device.detector import FrameError, ModelError
     from device.images import ImageInputError
-
-    from cloud.quantize import QuantizationError
     from edge_inspect.demo import DemoError
 
     return (CliError, ConfigError, DemoError, QuantizationError, ModelError, FrameError, ImageInputError, LabelTableError, TrainingError,

@@ -98,6 +98,7 @@ def run_demo(model: Path | None = None) -> int:
                   f"daemon: {len(images)} tags pass camera 'line-demo' at {FPS} fps; alerts as they arrive:", flush=True)
             config = {
                 "thing_name": "demo-line",
+                "state_dir": str(workdir / "state"),
                 "mqtt": {"host": "127.0.0.1", "port": port},
                 "cameras": [{"id": "line-demo", "source": str(video), "realtime": True}],
                 "events": {"min_hits": 3, "window": 5, "end_after_s": 0.5},
@@ -115,5 +116,5 @@ def run_demo(model: Path | None = None) -> int:
             broker.wait(5)
     print(f"demo done: {daemon.frames_processed} frames, {counts.get('new', 0)} defects raised "
           f"({counts.get('update', 0)} updates, {counts.get('end', 0)} ended) with model "
-          f"{daemon.models.identity['name']}")
+          f"{daemon.models.identity.name}")
     return 0

@@ -1,4 +1,5 @@
-"""Shared fixtures. Tests may read ../shared (the real metal-tag photos); the product may not."""
+"""Shared fixtures. The real metal-tag photos ship in the repository (`data/metal-tags/`, MIT-0), so
+the suite runs from a clone with nothing beside it."""
 
 from __future__ import annotations
 
@@ -8,14 +9,13 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-METAL_TAGS = SHARED / "data" / "metal-tags"
-BUNDLED_MODEL = REPO / "models" / "metal-tags-yolov8n.onnx"
+METAL_TAGS = REPO / "data" / "metal-tags"
+BUNDLED_MODEL = REPO / "device" / "models" / "metal-tags-yolov8n.onnx"
 
 
 @pytest.fixture(scope="session")
 def metal_tags() -> Path:
-    assert (METAL_TAGS / "labels.csv").is_file(), f"the shared data set is missing at {METAL_TAGS}"
+    assert (METAL_TAGS / "labels.csv").is_file(), f"the metal-tag photos are missing at {METAL_TAGS}"
     return METAL_TAGS
 
 
@@ -30,15 +30,34 @@ def broker(tmp_path):
 
 
 @pytest.fixture(scope="session")
+def pki(tmp_path_factory) -> Path:
+    """Certificates for the TLS tests (see `tls_pki.make_pki`)."""
+    from tls_pki import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def tls_broker(tmp_path, pki):
+    """A real mosquitto with a plain listener and a TLS one that requires a client certificate."""
+    from tls_pki import start_tls_broker
+
+    broker = start_tls_broker(tmp_path, pki)
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
 def bundled_model() -> Path:
-    assert BUNDLED_MODEL.is_file(), "the bundled model is missing from models/"
+    assert BUNDLED_MODEL.is_file(), "the bundled model is missing from device/models/"
     return BUNDLED_MODEL
 
 
 def make_onnx(path: Path, *, output_shape=(1, 5, 100), metadata: dict[str, str] | None = None,
-              input_shape=(1, 3, 64, 64)) -> Path:
-    """A small real ONNX graph (input -> reshape/slice -> output of the given shape) carrying the
-    given metadata: enough to exercise the detector's model checks without training anything."""
+              input_shape=(1, 3, 64, 64), scale: float = 1.0) -> Path:
+    """A small real ONNX graph (input -> reshape/slice -> x scale -> output of the given shape)
+    carrying the given metadata: enough to exercise the detector's model checks without training
+    anything. `scale=float("nan")` makes a model whose every score is NaN."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -48,7 +67,8 @@ def make_onnx(path: Path, *, output_shape=(1, 5, 100), metadata: dict[str, str] 
     nodes = [
         helper.make_node("Reshape", ["images", "flat_shape"], ["flat"]),
         helper.make_node("Slice", ["flat", "starts", "ends", "axes"], ["head"]),
-        helper.make_node("Reshape", ["head", "out_shape"], ["output0"]),
+        helper.make_node("Mul", ["head", "scale"], ["scaled"]),
+        helper.make_node("Reshape", ["scaled", "out_shape"], ["output0"]),
     ]
     inits = [
         helper.make_tensor("flat_shape", TensorProto.INT64, [2], [1, n_in]),
@@ -56,6 +76,7 @@ def make_onnx(path: Path, *, output_shape=(1, 5, 100), metadata: dict[str, str] 
         helper.make_tensor("ends", TensorProto.INT64, [1], [n_out]),
         helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
         helper.make_tensor("out_shape", TensorProto.INT64, [len(output_shape)], list(output_shape)),
+        helper.make_tensor("scale", TensorProto.FLOAT, [], [scale]),
     ]
     graph = helper.make_graph(
         nodes, "fake",

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import yaml
-
 from conftest import METAL_TAGS, REPO
+
 from edge_inspect.demo import demo_video
 
 SCRATCHED = [REPO / "samples" / f"image-2020-04-22-{n}.jpg" for n in (
@@ -35,6 +35,7 @@ def clean_video(path: Path, fps: int = 10, hold_frames: int = 20) -> Path:
 def write_config(path: Path, port: int, cameras: list[dict], **extra) -> Path:
     config = {
         "thing_name": "line-1",
+        "state_dir": str(path.parent / "state"),
         "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min_s": 1, "reconnect_max_s": 2},
         "cameras": cameras,
         "events": {"min_hits": 3, "window": 5, "end_after_s": 1.0, "update_min_delta": 0.05},

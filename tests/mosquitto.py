@@ -28,7 +28,7 @@ class Broker:
                              f"persistence false\n{extra_conf}")
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Broker":
+    def start(self) -> Broker:
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                      stderr=(self.workdir / "mosquitto.log").open("a"))
         if not wait_until_listening(self.port, 10):

@@ -21,7 +21,7 @@ class MotoS3:
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "MotoS3":
+    def start(self) -> MotoS3:
         moto = Path(sys.executable).with_name("moto_server")
         self.proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(self.port)],
                                      stdout=subprocess.DEVNULL, stderr=(self.logdir / "moto.log").open("a"))

@@ -5,10 +5,8 @@ full disk lose nothing and duplicate nothing."""
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import signal
-import time
 
 from conftest import METAL_TAGS
 from daemon_helpers import DaemonProcess, wait_until, write_config
@@ -70,7 +68,8 @@ def test_s3_outage_then_every_spooled_frame_arrives(tmp_path, broker):
     try:
         assert wait_until(lambda: len(spooled(tmp_path)) == 12, 60), daemon.log_text()[-2000:]
         expected = spooled(tmp_path)
-        time.sleep(2)  # the uploader is failing against the dead endpoint meanwhile
+        # the uploader is failing against the dead endpoint meanwhile, and keeps every frame
+        assert wait_until(lambda: "S3 unreachable" in daemon.log_text(), 30), daemon.log_text()[-2000:]
         assert spooled(tmp_path) == expected
         s3.start()
         s3.client().create_bucket(Bucket=BUCKET)
@@ -99,7 +98,7 @@ def test_kill_9_during_uploads_20_times_loses_and_duplicates_nothing(tmp_path, b
 
     for i, path in enumerate(sorted((METAL_TAGS / "images").glob("*.jpg"))[:40]):
         image = cv2.imread(str(path))
-        spool.put(image, {"schema_version": 1, "thing": "line-1", "camera": "cam", "frame_time": "2026-11-21T06:00:00.000Z",
+        spool.put(image, {"schema_version": 2, "thing": "line-1", "camera": "cam", "frame_time": "2026-11-21T06:00:00.000Z",
                           "frame_time_epoch": 1795240800.0 + i, "width": 450, "height": 300,
                           "model": {"name": "m", "version": "1", "sha256": "a" * 64}, "detections": [],
                           "strategies": ["everything"], "tags": []})
@@ -109,12 +108,14 @@ def test_kill_9_during_uploads_20_times_loses_and_duplicates_nothing(tmp_path, b
     config = write_config(tmp_path / "config.yaml", broker.port, [{"id": "cam", "source": str(tmp_path / "empty")}],
                           active_learning={**al_config(tmp_path, s3_port), "upload": {
                               **al_config(tmp_path, s3_port)["upload"], "max_bytes_per_s": 25_000, "batch_size": 3}})
-    rng = random.Random(7)
     kills = 0
     try:
         while kills < 20:
+            # kill as soon as this run has moved the upload on (a new object in the bucket): the
+            # kill lands mid-batch, between one confirmed PUT and the next
+            before = len(s3.objects(BUCKET))
             daemon = DaemonProcess(config)
-            time.sleep(rng.uniform(1.0, 2.5))
+            assert wait_until(lambda before=before: len(s3.objects(BUCKET)) > before, 60), daemon.log_text()[-2000:]
             daemon.signal(signal.SIGKILL)
             daemon.wait(10)
             kills += 1
@@ -136,8 +137,8 @@ def test_small_disk_quota_evicts_oldest_counts_and_keeps_running(tmp_path, broke
                           [{"id": "station", "source": str(tmp_path / "incoming")}],
                           active_learning=al_config(tmp_path, free_port(), max_bytes=200_000))
     daemon = DaemonProcess(config)
-    stats = lambda: [json.loads(l)["payload"] for l in (tmp_path / "messages.jsonl").read_text().splitlines()  # noqa: E731
-                     if l and json.loads(l)["topic"].endswith("/stats")] if (tmp_path / "messages.jsonl").exists() else []
+    stats = lambda: [json.loads(line)["payload"] for line in (tmp_path / "messages.jsonl").read_text().splitlines()  # noqa: E731
+                     if line and json.loads(line)["topic"].endswith("/stats")] if (tmp_path / "messages.jsonl").exists() else []
     try:
         assert wait_until(lambda: any(s["active_learning"]["written"] == 15 for s in stats()), 60), daemon.log_text()[-2000:]
         assert wait_until(lambda: stats()[-1]["active_learning"]["written"] == 15, 10)

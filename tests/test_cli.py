@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, make_onnx
+
 from device.model_card import ModelCard, card_path_for
 
 SAMPLES = REPO / "samples"
@@ -75,7 +75,7 @@ def test_unreadable_image_is_reported_and_the_rest_go_on(tmp_path):
     (tmp_path / "good.jpg").write_bytes(good.read_bytes())
     run = cli("detect", tmp_path, "--json")
     assert run.returncode == 1
-    assert [Path(json.loads(l)["image"]).name for l in run.stdout.splitlines()] == ["good.jpg"]
+    assert [Path(json.loads(line)["image"]).name for line in run.stdout.splitlines()] == ["good.jpg"]
     assert "broken.jpg: not a readable image" in run.stderr and "truncated.jpg" in run.stderr
     assert "2 unreadable" in run.stderr
 

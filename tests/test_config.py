@@ -69,7 +69,8 @@ def test_bad_files(tmp_path, text, message):
 
 def test_check_config_command(tmp_path, bundled_model):
     good = tmp_path / "good.yaml"
-    good.write_text(f"thing_name: line-1\nmodel: {{path: {bundled_model}}}\ncameras: [{{id: cam1, source: v.avi}}]\n")
+    good.write_text(f"thing_name: line-1\nstate_dir: {tmp_path / 'state'}\nmodel: {{path: {bundled_model}}}\n"
+                    "cameras: [{id: cam1, source: v.avi}]\n")
     run = subprocess.run([sys.executable, "-m", "edge_inspect", "run", "--config", str(good), "--check-config"],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and "OK (1 camera(s), model metal-tags-yolov8n" in run.stdout
@@ -78,3 +79,30 @@ def test_check_config_command(tmp_path, bundled_model):
     run = subprocess.run([sys.executable, "-m", "edge_inspect", "run", "--config", str(bad), "--check-config"],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "mqtt.port" in run.stderr and "Traceback" not in run.stderr
+
+
+def _numeric_fields():
+    """Every int/float setting of every configuration model, with its bounds."""
+    import typing
+
+    import annotated_types
+
+    from device import config as config_module
+
+    models = [m for m in vars(config_module).values()
+              if isinstance(m, type) and issubclass(m, config_module.Strict) and m is not config_module.Strict]
+    for model in models:
+        for name, field in model.model_fields.items():
+            args = set(typing.get_args(field.annotation)) or {field.annotation}
+            if args & {int, float} and not args & {str, bool}:
+                lower = any(isinstance(m, (annotated_types.Ge, annotated_types.Gt)) for m in field.metadata)
+                upper = any(isinstance(m, (annotated_types.Le, annotated_types.Lt)) for m in field.metadata)
+                yield f"{model.__name__}.{name}", lower, upper
+
+
+def test_every_numeric_setting_has_a_sane_range():
+    """1e10 seconds killed the stats thread, 1e-6 spun the CPU: no number is unbounded."""
+    fields = list(_numeric_fields())
+    assert len(fields) > 40, "the walk found too few settings: it is broken"
+    unbounded = [name for name, lower, upper in fields if not (lower and upper)]
+    assert unbounded == [], f"settings without a lower and an upper bound: {unbounded}"

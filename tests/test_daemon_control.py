@@ -3,21 +3,22 @@ Greengrass IPC), each refused cleanly when bad while the daemon keeps serving.""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import threading
 
 import cv2
-import pytest
 import onnx
+import pytest
 import yaml
-
 from daemon_helpers import DaemonProcess, scratch_video, write_config
+from mosquitto import Subscriber
+
 from device.daemon import Daemon
 from device.detector import file_sha256
 from device.messages import validate
-from mosquitto import Subscriber
 
 
 def variant_of(model_path, out, version: str):
@@ -36,9 +37,13 @@ def replace_atomically(target, data: bytes) -> None:
 
 
 def operational(sub: Subscriber) -> list[dict]:
-    payloads = sub.payloads("/errors")
-    for p in payloads:
-        validate("error", p)
+    """Errors (refusals) and notices (changes that took effect), in the order they arrived."""
+    payloads = []
+    for topic, body, _ in list(sub.messages):
+        kind = {"errors": "error", "notices": "notice"}.get(topic.rsplit("/", 1)[1])
+        if kind:
+            payloads.append(json.loads(body))
+            validate(kind, payloads[-1])
     return payloads
 
 
@@ -92,7 +97,10 @@ def test_config_updates_by_sighup_refuse_bad_ones_and_apply_good_ones(tmp_path, 
         config_path.write_text(yaml.safe_dump({**good, "events": {**good["events"], "min_hits": 1, "window": 1}}))
         daemon.signal(signal.SIGHUP)
         assert sub.wait_for(lambda s: len(operational(s)) == 3, 20)
-        assert operational(sub)[2]["type"] == "config_applied" and "events" in operational(sub)[2]["message"]
+        applied = operational(sub)[2]
+        assert applied["type"] == "config_applied" and applied["applied"] == ["events"], applied
+        assert applied["pending_restart"] == []
+        assert sub.payloads("/notices") == [applied], "a change that took effect is a notice, not an error"
         assert daemon.proc.poll() is None
         assert "configuration update refused" in daemon.log_text()
     finally:
@@ -139,6 +147,7 @@ def test_greengrass_configuration_updates_and_publishing(tmp_path, bundled_model
     monkeypatch.setenv("AWS_IOT_THING_NAME", "gg-thing")
     video = scratch_video(tmp_path / "v.avi", hold_frames=3, gap_frames=3)
     component = {"cameras": [{"id": "cam1", "source": str(video)}], "model": {"path": str(bundled_model)},
+                 "state_dir": str(tmp_path / "state"),
                  "accessControl": {"aws.greengrass.ipc.mqttproxy": {}}}
     ipc = FakeIpc(component)
     source = GreengrassConfigSource(ipc)
@@ -151,18 +160,15 @@ def test_greengrass_configuration_updates_and_publishing(tmp_path, bundled_model
     assert daemon.config.events.min_hits == 3
     ipc.push({**component, "events": {"min_hits": 1, "window": 2}})  # valid: applied live
     assert daemon.config.events.min_hits == 1
-    assert all(t.config.min_hits == 1 for t in daemon.trackers.values())
+    assert all(t.config.min_hits == 1 for t in daemon.inference.trackers.values())
     thread.join(60)
     assert not thread.is_alive()
     topics = [r.topic_name for r in ipc.published]
     available = [r.payload for r in ipc.published if r.topic_name.endswith("/available")]
-    assert available == [b'"online"', b'"offline"'] and all(
+    assert available == [b"online", b"offline"] and all(
         r.retain for r in ipc.published if r.topic_name.endswith("/available"))
     assert "edge-inspect/gg-thing/cam1/status" in topics and "edge-inspect/gg-thing/stats" in topics
-    errors = [r for r in ipc.published if r.topic_name.endswith("/errors")]
-    import json
-
-    kinds = [json.loads(r.payload)["type"] for r in errors]
+    kinds = [json.loads(r.payload)["type"] for r in ipc.published if r.topic_name.endswith(("/errors", "/notices"))]
     assert kinds == ["config_rejected", "config_applied"]
 
 
@@ -171,4 +177,5 @@ def test_thing_name_from_the_environment_is_checked(monkeypatch, tmp_path):
 
     monkeypatch.setenv("AWS_IOT_THING_NAME", "../../etc")
     with pytest.raises(ConfigError, match="must match"):
-        Daemon({"cameras": [{"id": "c", "source": str(tmp_path)}], "transport": "none"}, "test")
+        Daemon({"cameras": [{"id": "c", "source": str(tmp_path)}], "transport": "none",
+                "state_dir": str(tmp_path / "state")}, "test")

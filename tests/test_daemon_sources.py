@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 
 from conftest import REPO
 from daemon_helpers import DaemonProcess, scratch_video, write_config
@@ -71,7 +70,6 @@ def test_rtsp_stream_that_stops_and_starts_again(tmp_path, broker):
         server.terminate()
         server.wait(5)
         assert sub.wait_for(lambda s: saw_after(states(s, "rtsp"), "online", "offline"), 40), daemon.log_text()[-2000:]
-        time.sleep(1)
         server = start_server()
         assert sub.wait_for(lambda s: saw_after(states(s, "rtsp"), "online", "offline", "online"), 60), \
             daemon.log_text()[-2000:]

@@ -3,11 +3,10 @@ kind of bad model or frame."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
-
 from conftest import make_onnx
+
 from device.detector import (
     Detector,
     FrameError,
@@ -98,7 +97,7 @@ def test_detections_are_in_original_pixels(bundled_model, metal_tags):
     big = cv2.resize(frame, None, fx=2, fy=2, interpolation=cv2.INTER_LINEAR)
     found_big = detector.detect(big)
     assert len(found_big) == len(found)
-    for a, b in zip(sorted(found, key=lambda d: d.box), sorted(found_big, key=lambda d: d.box)):
+    for a, b in zip(sorted(found, key=lambda d: d.box), sorted(found_big, key=lambda d: d.box), strict=True):
         assert np.allclose(np.array(a.box) * 2, b.box, atol=6)
 
 

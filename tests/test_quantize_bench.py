@@ -10,12 +10,12 @@ import sys
 import cv2
 import numpy as np
 import pytest
-
 from conftest import REPO
+
 from device.detector import Detector, file_sha256
 from device.model_card import ModelCard, card_path_for
 
-INT8 = REPO / "models" / "metal-tags-yolov8n-int8.onnx"
+INT8 = REPO / "device" / "models" / "metal-tags-yolov8n-int8.onnx"
 
 
 @pytest.fixture(scope="module")

@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
+import subprocess
 from pathlib import Path
 
 import jsonschema
 import pytest
+import tomllib
 import yaml
+from conftest import REPO
 
-from conftest import REPO, SHARED
 from device.config import parse_config
-from device.daemon import strip_greengrass_keys
+from device.control import strip_greengrass_keys
 
 RECIPES = sorted((REPO / "greengrass_recipes").glob("*/recipe.yaml"))
-SPEC = SHARED / "spec"
+# The GDK CLI's recipe and gdk-config schemas (Apache-2.0) are not vendored: they sit beside the repo.
+SPEC = REPO / "greengrass_recipes" / "spec"  # vendored from the GDK CLI (Apache-2.0, see its README)
 
 
 def lower_keys(value):
@@ -73,7 +75,7 @@ def test_access_control_is_exactly_the_topics_the_daemon_publishes():
     operations = {op for policy in policies.values() for op in policy["operations"]}
     assert operations == {"aws.greengrass#PublishToIoTCore"}
     root = f"{config.mqtt.topic_prefix}/{{iot:thingName}}"
-    expected = {f"{root}/{s}" for s in ("events", "stats", "errors", "available", "samples")}
+    expected = {f"{root}/{s}" for s in ("events", "stats", "errors", "notices", "available", "samples")}
     expected |= {f"{root}/{camera.id}/status" for camera in config.cameras}
     assert set(resources) == expected
     everything = json.dumps(defaults["accessControl"])
@@ -86,11 +88,26 @@ def test_depends_on_token_exchange_and_the_model_component():
     assert deps["com.edgeinspect.Model"]["DependencyType"] == "SOFT"
 
 
+DEVICE_REQUIREMENTS = REPO / "greengrass_recipes" / "com.edgeinspect.Inference" / "requirements-device.txt"
+
+
+def device_requirements() -> dict[str, list[str]]:
+    """`name==version` -> the options on its line (continuation lines joined, comments dropped)."""
+    text = re.sub(r"\\\n", " ", DEVICE_REQUIREMENTS.read_text())
+    entries = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            spec, *options = line.split(" #")[0].split()
+            assert spec not in entries, f"{spec} twice"
+            entries[spec] = options
+    return entries
+
+
 def test_install_builds_a_venv_from_pinned_device_dependencies_only():
     install = inference()["Manifests"][0]["Lifecycle"]["Install"]["Script"]
     assert "python3 -m venv" in install and "requirements-device.txt" in install and "--no-deps" in install
-    lines = [line.strip() for line in (REPO / "greengrass_recipes" / "com.edgeinspect.Inference" /
-             "requirements-device.txt").read_text().splitlines() if line.strip() and not line.startswith("#")]
+    lines = list(device_requirements())
     assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.+-]*", line) for line in lines), lines
     names = {line.split("==")[0].lower().replace("_", "-") for line in lines}
     assert not names & {"torch", "torchvision", "ultralytics", "opencv-python"}
@@ -100,8 +117,51 @@ def test_install_builds_a_venv_from_pinned_device_dependencies_only():
         assert name in names, f"{name} is a device dependency but is not pinned for Greengrass"
 
 
+def test_device_requirements_are_hashed_and_installed_with_require_hashes():
+    entries = device_requirements()
+    assert len(entries) >= 10
+    for spec, options in entries.items():
+        assert re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.+!-]*", spec), f"{spec}: not name==version"
+        assert options, f"{spec}: no --hash"
+        for option in options:
+            assert re.fullmatch(r"--hash=sha256:[0-9a-f]{64}", option), f"{spec}: {option} is not a sha256 hash"
+    commands = [c.strip() for c in inference()["Manifests"][0]["Lifecycle"]["Install"]["Script"].split("&&")]
+    from_requirements = [c for c in commands if "-r {artifacts:path}/requirements-device.txt" in c]
+    assert len(from_requirements) == 1 and "pip install" in from_requirements[0]
+    assert "--require-hashes" in from_requirements[0].split(), "the pinned dependencies must be hash-checked"
+    wheel = [c for c in commands if c.endswith(".whl")]
+    assert len(wheel) == 1 and "--no-deps" in wheel[0].split(), "the wheel must not pull unhashed dependencies"
+    pip_installs = [c for c in commands if "pip install" in c]
+    assert pip_installs == from_requirements + wheel, "no other pip install in the Install step"
+
+
 def test_model_component_installs_by_atomic_rename():
     model = load(REPO / "greengrass_recipes" / "com.edgeinspect.Model" / "recipe.yaml")
     script = model["Manifests"][0]["Lifecycle"]["Install"]["Script"]
     assert script.index("model.card.json") < script.index("/model.onnx")
     assert "mv -f {work:path}/.model.onnx.tmp {work:path}/model.onnx" in script
+
+
+def test_per_thing_iam_scoping_uses_the_credentials_provider_variable():
+    """The token exchange role's policy is an IAM policy: `${credentials-iot:ThingName}` resolves in
+    it (credentials from the AWS IoT credentials provider, thing name sent), while
+    `${iot:Connection.Thing.ThingName}` is an AWS IoT Core policy variable IAM does not resolve."""
+    readme = (REPO / "README.md").read_text()
+    assert "arn:aws:s3:::plant-frames/edge-inspect/raw/${credentials-iot:ThingName}/*" in readme
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                            text=True, check=True).stdout.split()
+    iot_variable = "${" + "iot:"
+    wrong = []
+    for name in listed:
+        path = REPO / name
+        if path.suffix not in {".md", ".json", ".yaml", ".yml", ".py", ".txt"} or path.name == Path(__file__).name:
+            continue
+        if not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        # an IoT variable in a resource path that is not an AWS IoT Core resource (arn:aws:iot:...)
+        for span in re.findall(r"[`\"]([^`\"\n]*/\$\{iot:[^`\"\n]*)[`\"]", text):
+            if "arn:aws:iot:" not in span:
+                wrong.append(f"{name}: {span}")
+    assert not wrong, wrong
+    assert iot_variable + "Connection.Thing.ThingName}/" not in readme

@@ -116,7 +116,7 @@ def test_overall_limit_caps_all_strategies_together():
     s = sampler([{"name": "a", "type": "random", "percent": 100}, {"name": "b", "type": "random", "percent": 100}],
                 clock=clock, limits={"per_minute": 5})
     taken = 0
-    for i in range(120):
+    for _ in range(120):
         clock.now += 1
         taken += s.decide("c", IMG, []) is not None
     assert taken == 10 and s.rate_limited == 110  # 5 per minute over two minutes

@@ -9,10 +9,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from daemon_helpers import wait_until
 
 from cloud.label_table import read_label_csv, table_fingerprint
 from device.detector import Detector, file_sha256
@@ -46,11 +46,8 @@ def test_train_is_resumable_and_writes_a_model_card(tmp_path, metal_tags):
     # first attempt: killed hard once a checkpoint exists, as a power cut would
     first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     weights = out / "ultralytics" / "weights"
-    deadline = time.monotonic() + 240
-    while not (weights / "resume.pt").exists() and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+    assert wait_until(lambda: (weights / "resume.pt").exists() or first.poll() is not None, 240, 0.2)
     assert (weights / "resume.pt").exists(), "no checkpoint appeared"
-    time.sleep(0.5)
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert not (out / "toy.onnx").exists()

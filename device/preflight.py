@@ -1,0 +1,88 @@
+"""Start-up checks: everything that can be known before the daemon starts is checked before it
+starts, by `run` and by `--check-config` alike, so that a configuration that `--check-config`
+calls OK does not die a minute later with a traceback. Each failure is one line that names the
+key and the problem (`run` exits 2 with it).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+from device.config import ConfigError, DaemonConfig
+from device.detector import Detector, ModelError, session_options
+from device.model_manager import load_checked
+
+
+class PreflightError(ConfigError):
+    """The configuration is valid, but this machine cannot run it as it is."""
+
+
+def check_writable_dir(path: Path, key: str) -> None:
+    """The folder exists (or can be made) and a file can be written in it."""
+    if path.exists() and not path.is_dir():
+        raise PreflightError(f"{key}: {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".preflight-"):
+            pass
+    except OSError as exc:
+        raise PreflightError(f"{key}: cannot write in {path} ({exc.strerror or exc})") from None
+
+
+def check_appendable_file(path: Path, key: str) -> None:
+    if path.is_dir():
+        raise PreflightError(f"{key}: {path} is a folder; give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise PreflightError(f"{key}: cannot append to {path} ({exc.strerror or exc})") from None
+
+
+def check_port_free(host: str, port: int, key: str) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            reason = "already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+            raise PreflightError(f"{key}: cannot listen on {host}:{port} ({reason})") from None
+
+
+def check_model(config: DaemonConfig, model_path: Path) -> Detector:
+    """The model loads with the configured runtime settings, is a YOLOv8 detector whose metadata
+    agrees with its graph, and gives finite output on a frame."""
+    model = config.model
+    try:
+        return load_checked(model_path, model.providers,
+                            session_options(model.threads, model.graph_optimization, model.execution_mode,
+                                            model.spinning))
+    except ModelError as exc:
+        raise PreflightError(f"model.path: {exc}") from None
+
+
+def check_paths(config: DaemonConfig) -> None:
+    check_writable_dir(config.state_dir, "state_dir")
+    if config.file_sink.path:
+        check_appendable_file(config.file_sink.path, "file_sink.path")
+    al = config.active_learning
+    if al.enabled:
+        check_writable_dir(al.spool.path, "active_learning.spool.path")
+    for key in ("ca_certs", "certfile", "keyfile"):
+        path = getattr(config.mqtt.tls, key)
+        if config.mqtt.tls.enabled and path is not None and not os.access(path, os.R_OK):
+            raise PreflightError(f"mqtt.tls.{key}: {path} is not readable")
+
+
+def preflight(config: DaemonConfig, model_path: Path) -> Detector:
+    """Every check; returns the loaded, checked model."""
+    check_paths(config)
+    if config.stats.prometheus_port:
+        check_port_free(config.stats.prometheus_host, config.stats.prometheus_port, "stats.prometheus_port")
+    return check_model(config, model_path)

@@ -1,0 +1,93 @@
+"""One redaction function for everything the daemon logs or publishes.
+
+Text derived from configuration or from exceptions can carry a secret: a YAML error quotes the
+line it failed on (`password: hunter2`), a stream URL holds `user:password@`, a library repeats
+the URL it could not open. The rule is simple: every log record (see `device.logs`), every
+published message text (see `device.messages`) and everything the CLI prints about a
+configuration passes through `redact`.
+
+Three nets, because none alone is enough:
+1. the secret values themselves, registered when a configuration is loaded (`remember_secrets`);
+   registered values are never forgotten while the process lives, so an old password is still
+   masked after it was changed;
+2. URL credentials (`scheme://user:password@host`), also when the password holds `/` or `@`;
+3. `key: value` / `key=value` pairs whose key names a secret (password, token, secret, ...), as a
+   YAML snippet in a parse error shows them.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+MASK = "***"
+SECRET_KEY_WORDS = ("password", "passwd", "passphrase", "secret", "token", "api_key", "apikey",
+                    "access_key", "private_key", "credential")
+_MIN_SECRET_LENGTH = 3  # shorter values would mask ordinary words everywhere
+
+# scheme://user:password@host — the password runs to the LAST '@' before the next whitespace or
+# quote, so an unescaped '/' or '@' inside it is still covered (over-masking a path is harmless).
+_URL_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@'\"]*):(?P<secret>[^\s'\"]*)@")
+# key: value or key=value, with the key naming a secret; the value runs to the end of the token.
+_SECRET_PAIR = re.compile(
+    r"(?P<key>[\"']?[A-Za-z0-9_.-]*(?:" + "|".join(SECRET_KEY_WORDS) + r")[A-Za-z0-9_.-]*[\"']?)"
+    r"(?P<sep>\s*[:=]\s*)(?P<value>\"[^\"]*\"|'[^']*'|[^\s,;}\]]+)",
+    re.IGNORECASE,
+)
+
+_lock = threading.Lock()
+_known: set[str] = set()
+
+
+def _is_secret_key(key: str) -> bool:
+    key = key.lower()
+    return any(word in key for word in SECRET_KEY_WORDS)
+
+
+def remember_secrets(values: Iterable[str]) -> None:
+    """Register secret values to mask wherever they appear, whatever surrounds them."""
+    with _lock:
+        _known.update(v for v in values if isinstance(v, str) and len(v) >= _MIN_SECRET_LENGTH)
+
+
+def secrets_in_text(text: str) -> list[str]:
+    """Secret values in raw configuration text (`password: x`, URLs with credentials), read before
+    the text is parsed, so that even a parse error quoting it cannot show them."""
+    found = [m.group("value").strip("\"'") for m in _SECRET_PAIR.finditer(text)]
+    found += [m.group("secret") for m in _URL_CREDENTIALS.finditer(text)]
+    return [s for s in found if s]
+
+
+def secrets_in(data: Any) -> list[str]:
+    """The secret values in a raw configuration: values of secret-named keys, and the passwords
+    inside URLs, at any depth."""
+    found: list[str] = []
+
+    def walk(node: Any, key: str = "") -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, str(k))
+        elif isinstance(node, (list, tuple)):
+            for item in node:
+                walk(item, key)
+        elif node is not None:
+            text = node.get_secret_value() if hasattr(node, "get_secret_value") else str(node)
+            if _is_secret_key(key):
+                found.append(text)
+            found.extend(m.group("secret") for m in _URL_CREDENTIALS.finditer(text))
+
+    walk(data)
+    return [s for s in found if s]
+
+
+def redact(text: object) -> str:
+    """`text` with every secret we know of, or can recognise, replaced by ***."""
+    out = str(text)
+    with _lock:
+        known = sorted(_known, key=len, reverse=True)  # longest first: one secret may contain another
+    for secret in known:
+        out = out.replace(secret, MASK)
+    out = _URL_CREDENTIALS.sub(lambda m: f"{m.group('head')}:{MASK}@", out)
+    return _SECRET_PAIR.sub(lambda m: f"{m.group('key')}{m.group('sep')}{MASK}", out)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from device.bundled import BUNDLED_INT8_MODEL, BUNDLED_MODEL
 from device.detector import Detector, session_options
 from device.images import read_image
 from device.model_card import ModelCard, card_path_for
@@ -253,7 +254,7 @@ def daemon_run(model: Path, video: Path, workdir: Path, threads: int | None, spi
 
 
 def default_models() -> list[Path]:
-    return [p for p in (MODELS_DIR / "metal-tags-yolov8n.onnx", MODELS_DIR / "metal-tags-yolov8n-int8.onnx")
+    return [p for p in (MODELS_DIR / BUNDLED_MODEL, MODELS_DIR / BUNDLED_INT8_MODEL)
             if p.is_file()]
 
 

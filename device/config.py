@@ -11,7 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from device.redact import redact, remember_secrets, secrets_in_text
+from device.redact import redact, remember_secrets, secrets_in, secrets_in_text
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # safe in MQTT topics and file names
 
@@ -319,6 +319,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(redact(f"{path}: not valid YAML ({exc})")) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    remember_secrets(secrets_in(data))  # and what only the parsed structure shows (URL passwords)
     return data
 
 

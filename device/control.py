@@ -26,7 +26,8 @@ GREENGRASS_ONLY_KEYS = ("accessControl",)  # merged into the component configura
 
 # Keys that take effect without a restart; a change to any other key waits for the next start.
 LIVE_KEYS = ("events", "stats.interval_s", "stats.prometheus_port", "stats.prometheus_host", "log_level",
-             "active_learning.strategies", "active_learning.limits", "active_learning.dedup")
+             "model.watch_interval_s", "active_learning.strategies", "active_learning.limits",
+             "active_learning.dedup")
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class LiveControl:
 
     def apply_update(self, component_config: dict[str, Any], origin: str) -> bool:
         """A new component configuration (Greengrass), over the config file."""
-        return self._apply(self.file_config, strip_greengrass_keys(component_config), origin)
+        return self._apply(origin, component_config=strip_greengrass_keys(component_config))
 
     def reload_file(self) -> bool:
         """SIGHUP: read the config file again."""
@@ -90,15 +91,20 @@ class LiveControl:
             raw = load_config_file(self.config_file)
         except ConfigError as exc:
             return self._refuse(str(exc))
-        return self._apply(raw, self.component_config, str(self.config_file))
+        return self._apply(str(self.config_file), file_config=raw)
 
     def _refuse(self, reason: str) -> bool:
         log.error("configuration update refused, keeping the last good one: %s", reason)
         self._on_refused(reason)
         return False
 
-    def _apply(self, file_config: dict[str, Any], component_config: dict[str, Any], origin: str) -> bool:
+    def _apply(self, origin: str, file_config: dict[str, Any] | None = None,
+               component_config: dict[str, Any] | None = None) -> bool:
+        """One layer changed; the other is read under the lock, so a SIGHUP and a Greengrass
+        update arriving together cannot undo each other."""
         with self._lock:
+            file_config = self.file_config if file_config is None else file_config
+            component_config = self.component_config if component_config is None else component_config
             try:
                 new = parse_layers(file_config, component_config, origin)
             except ConfigError as exc:

@@ -41,7 +41,7 @@ from device.messages import Outbound
 from device.model_manager import ModelManager
 from device.mqtt import MqttSink, topic_root
 from device.open_defects import OpenDefects
-from device.preflight import preflight
+from device.preflight import PreflightError, lock_state_dir, preflight
 from device.sinks import Dispatcher, FileSink, Sink
 from device.sources import Camera
 from device.stats import Stats
@@ -49,6 +49,7 @@ from device.stats import Stats
 log = logging.getLogger(__name__)
 
 STOP_BUDGET_S = 4.0  # SIGTERM to exit, inside Greengrass' and systemd's usual 5 s grace
+PERIODIC_SLICE_S = 0.5  # how soon a periodic task notices a new interval
 RESTART_REASON = "daemon restarted: the defect was open when it stopped without ending it"
 
 
@@ -65,6 +66,7 @@ class Daemon:
         self.ipc = ipc_client
         model_path = config.model.path or bundled_model_path()
         checked = preflight(config, model_path)  # nothing is started before every check passed
+        self._state_lock = lock_state_dir(config.state_dir)
         self.stop = threading.Event()
         self.failed: str | None = None  # why the daemon must exit non-zero
         self.dispatcher = Dispatcher(self._build_sinks())
@@ -119,10 +121,19 @@ class Daemon:
 
     def publish(self, message: Outbound) -> None:
         """Every message leaves through here; defect events are also recorded as open or ended,
-        so a crash cannot leave a subscriber waiting forever for an `end`."""
-        if message.kind == "event":
-            self.open_defects.record(message.payload)
-        self.dispatcher.publish(message)
+        so a crash cannot leave a subscriber waiting forever for an `end`. The order matters: a
+        `new` is recorded open before it is sent, an `end` forgotten only once it is in the
+        outbox, so a kill between the two steps repeats an `end` rather than loses one."""
+        if message.kind != "event":
+            self.dispatcher.publish(message)
+            return
+        payload = message.payload
+        if payload["type"] == "end":
+            self.dispatcher.publish(message)
+            self.open_defects.record(payload)
+        else:
+            self.open_defects.record(payload)
+            self.dispatcher.publish(message)
 
     def _on_status(self, camera: str, state: str, reason: str) -> None:
         self.publish(messages.camera_status(self.thing, camera, state, time.time(), reason))
@@ -167,8 +178,14 @@ class Daemon:
     # --- periodic work --------------------------------------------------------------------------
 
     def _every(self, interval_of: Callable[[], float], action: Callable[[], None]) -> threading.Thread:
+        """Run `action` every `interval_of()` seconds. The interval is read again every half
+        second, so a live change to it takes effect at once, not after the old interval."""
         def loop() -> None:
-            while not self.stop.wait(interval_of()):
+            last = time.monotonic()
+            while not self.stop.wait(max(0.0, min(PERIODIC_SLICE_S, last + interval_of() - time.monotonic()))):
+                if time.monotonic() < last + interval_of():
+                    continue
+                last = time.monotonic()
                 try:
                     action()
                 except Exception:  # a periodic task must never die silently: log, go on
@@ -202,7 +219,13 @@ class Daemon:
         """Defects that were open when the daemon last stopped without ending them get their `end`."""
         left = self.open_defects.left_open()
         for payload in left:
-            self.publish(ended_after_restart(DefectEvent.model_validate(payload), RESTART_REASON))
+            try:
+                last = DefectEvent.model_validate(payload)
+            except ValueError as exc:  # a damaged row, or one from an older contract: never block a start
+                log.error("an open defect recorded by the last run is unreadable and was dropped: %s", exc)
+                self.open_defects.record({**payload, "type": "end"})
+                continue
+            self.publish(ended_after_restart(last, RESTART_REASON))
         if left:
             log.warning("%d defect(s) left open by the last run ended (%s)", len(left), RESTART_REASON)
             self.publish(messages.notice(self.thing, "defects_closed", f"{len(left)} defect(s) left open by the "
@@ -213,7 +236,11 @@ class Daemon:
         log.info("edge-inspect starting: thing %s, model %s (%s), %d camera(s)", self.thing, identity.name,
                  identity.sha256[:12], len(self.cameras))
         self.stats.set_model(identity)
-        self.stats.serve(self.config.stats.prometheus_host, self.config.stats.prometheus_port)
+        try:
+            self.stats.serve(self.config.stats.prometheus_host, self.config.stats.prometheus_port)
+        except OSError as exc:  # taken since the start-up checks: still one line and exit 2
+            raise PreflightError(f"stats.prometheus_port: cannot listen on {self.config.stats.prometheus_host}:"
+                                 f"{self.config.stats.prometheus_port} ({exc.strerror or exc})") from None
         self.dispatcher.start()
         self.publish(messages.available(True))  # Greengrass and file sinks; MQTT says it itself
         self._close_left_open()
@@ -228,8 +255,8 @@ class Daemon:
             self._every(lambda: self.config.model.watch_interval_s, self.models.poll)
 
     def run(self) -> int:
-        self.start()
         try:
+            self.start()
             self.inference.run(self.stop)
         finally:
             self.shutdown()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 
 from device.redact import redact
@@ -38,6 +39,27 @@ def setup_plain_logging(level: int) -> None:
     root.setLevel(level)
 
 
+def log_uncaught_exceptions() -> None:
+    """An exception that escapes a thread (or the main thread) is written through the logging
+    handlers like any other line, so it is JSON and redacted, not a raw traceback on stderr."""
+    uncaught = logging.getLogger("uncaught")
+
+    def main_hook(exc_type, exc, tb) -> None:
+        if issubclass(exc_type, KeyboardInterrupt):
+            return sys.__excepthook__(exc_type, exc, tb)
+        uncaught.critical("uncaught exception", exc_info=(exc_type, exc, tb))
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        name = args.thread.name if args.thread else "?"
+        uncaught.critical("uncaught exception in thread %s", name,
+                          exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+    sys.excepthook = main_hook
+    threading.excepthook = thread_hook
+
+
 def setup_json_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
@@ -45,3 +67,4 @@ def setup_json_logging(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("botocore").setLevel(logging.WARNING)
+    log_uncaught_exceptions()

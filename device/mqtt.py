@@ -126,33 +126,34 @@ class AckWatch:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._waiting, self._mid, self._early, self.acked = False, None, set(), False
+        self._waiting, self._mid, self._early, self.acked = False, None, {}, False
+        self.refused = False  # MQTT 5: the broker acknowledged the message and refused it
 
     def expect(self) -> None:
         with self._lock:
-            self._waiting, self._mid, self._early, self.acked = True, None, set(), False
+            self._waiting, self._mid, self._early, self.acked, self.refused = True, None, {}, False, False
 
     def sent(self, mid: int) -> None:
         with self._lock:
             self._mid = mid
             if mid in self._early:
-                self._waiting, self.acked = False, True
+                self._waiting, self.acked, self.refused = False, True, self._early[mid]
             self._early.clear()
 
     def cancel(self) -> None:
         with self._lock:
-            self._waiting, self._mid, self._early = False, None, set()
+            self._waiting, self._mid, self._early = False, None, {}
 
-    def ack(self, mid: int) -> bool:
+    def ack(self, mid: int, refused: bool = False) -> bool:
         """From paho's thread; True when this is the ack waited for."""
         with self._lock:
             if not self._waiting:
                 return False
             if self._mid is None:
-                self._early.add(mid)
+                self._early[mid] = refused
                 return False
             if mid == self._mid:
-                self._waiting, self.acked = False, True
+                self._waiting, self.acked, self.refused = False, True, refused
                 return True
             return False
 
@@ -258,7 +259,7 @@ class MqttSink(Sink):
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         if reason_code.is_failure:  # MQTT 5: the broker took the message and refused it (quota, ACL)
             log.warning("mqtt: the broker refused message %d: %s", mid, reason_code)
-        if self._acks.ack(mid):
+        if self._acks.ack(mid, refused=reason_code.is_failure):
             with self._cond:
                 self._cond.notify_all()
 
@@ -313,6 +314,9 @@ class MqttSink(Sink):
 
     def confirmed(self) -> bool:
         return self._acks.acked
+
+    def refused(self) -> bool:
+        return self._acks.refused
 
     def close(self, timeout: float) -> None:
         """Flush what the broker can take in `timeout`, say `offline`, disconnect."""

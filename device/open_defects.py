@@ -57,11 +57,18 @@ class OpenDefects:
         """The last payload of each defect still open, in the order they were first seen."""
         with self._lock:
             try:
-                rows = self._db.execute("SELECT payload FROM open_defects ORDER BY seq").fetchall()
+                rows = self._db.execute("SELECT event_id, payload FROM open_defects ORDER BY seq").fetchall()
             except sqlite3.Error as exc:
                 log.error("open defects: cannot read %s (%s)", self.path, exc)
                 return []
-        return [json.loads(payload) for (payload,) in rows]
+        payloads = []
+        for event_id, payload in rows:
+            try:
+                payloads.append(json.loads(payload))
+            except ValueError:  # a damaged row must not stop every start: dropped, with a word
+                log.error("open defects: the record of %s is unreadable; dropped", event_id)
+                self._write("DELETE FROM open_defects WHERE event_id = ?", (event_id,))
+        return payloads
 
     def clear(self) -> None:
         self._write("DELETE FROM open_defects", ())

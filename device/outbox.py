@@ -36,28 +36,33 @@ CREATE TABLE IF NOT EXISTS outbox (
 
 class Overflow:
     """Messages lost to a full queue: counted one by one, logged once per burst. A burst starts
-    with the first loss (one warning) and ends when the queue drains again (one info line with
-    its size), so a long outage costs two log lines, not one per message."""
+    with the first loss (one warning) and ends with the next message delivered (one info line
+    with its size), so a long outage costs two log lines, not one per message. Producers and the
+    sink's thread both call it: a lock keeps the counts whole."""
 
     def __init__(self, what: str, logger: logging.Logger = log) -> None:
         self.what, self.log = what, logger
         self.total = 0
         self._burst = 0
+        self._lock = threading.Lock()
 
     def lost(self, count: int = 1) -> None:
         if count <= 0:
             return
-        if not self._burst:
+        with self._lock:
+            first = not self._burst
+            self._burst += count
+            self.total += count
+        if first:
             self.log.warning("%s is full: dropping the oldest to make room; further losses are counted, and "
                              "summed up once messages flow again", self.what)
-        self._burst += count
-        self.total += count
 
     def drained(self) -> None:
-        if self._burst:
+        with self._lock:
+            burst, self._burst = self._burst, 0
+        if burst:
             self.log.info("%s: %d message(s) were dropped while it was full (%d since start)",
-                             self.what, self._burst, self.total)
-            self._burst = 0
+                          self.what, burst, self.total)
 
 
 @dataclass(frozen=True)

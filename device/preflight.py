@@ -7,6 +7,7 @@ key and the problem (`run` exits 2 with it).
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import socket
 import tempfile
@@ -78,6 +79,28 @@ def check_paths(config: DaemonConfig) -> None:
         path = getattr(config.mqtt.tls, key)
         if config.mqtt.tls.enabled and path is not None and not os.access(path, os.R_OK):
             raise PreflightError(f"mqtt.tls.{key}: {path} is not readable")
+
+
+STATE_LOCK = "daemon.lock"
+
+
+def lock_state_dir(state_dir: Path) -> int:
+    """Take `state_dir` for this process alone, for as long as it lives (the kernel lets go at
+    exit, `kill -9` included): two daemons on one outbox would send every event twice. Returns
+    the lock's file descriptor, to keep open. Not for `--check-config`, which may run beside
+    the daemon it checks."""
+    path = state_dir / STATE_LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise PreflightError(f"state_dir: {state_dir} is in use by another edge-inspect daemon (pid {holder}); "
+                             "give each daemon its own state_dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def preflight(config: DaemonConfig, model_path: Path) -> Detector:

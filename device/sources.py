@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import stat
 import threading
 import time
@@ -35,6 +34,7 @@ from device.config import CameraConfig
 from device.detector import PreparedInput
 from device.folder_memory import FolderMemory, memory_path
 from device.images import IMAGE_SUFFIXES, FileKey, ImageRejected, load_image
+from device.redact import redact, remember_secrets, secrets_in
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +89,6 @@ class FrameQueue:
 
     def __len__(self) -> int:
         return len(self._items)
-
-
-def redact(source: str | int) -> str:
-    """A stream URL for logs and messages, without its password."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", str(source))
 
 
 class Backoff:
@@ -172,6 +167,7 @@ class Camera(threading.Thread):
                  prepare: Callable[[np.ndarray], PreparedInput | None] | None = None, *, state_dir: Path | None = None) -> None:
         super().__init__(name=f"camera-{config.id}", daemon=True)
         self.config = config
+        remember_secrets(secrets_in({"source": config.source}))  # a library may repeat it anywhere
         self.kind = config.resolved_kind()
         self.live = self.kind in ("usb", "stream")
         self.queue = FrameQueue(config.queue_size, drop_oldest=self.live)
@@ -200,6 +196,8 @@ class Camera(threading.Thread):
         self._current_file = ""
 
     def _set_state(self, state: str, reason: str) -> None:
+        if self._stop.is_set() and state not in ("stopped", "finished"):
+            return  # e.g. a stream open that timed out after SIGTERM: `stopped` is the last word
         if state != self.state:
             self.state = state
             log.info("camera %s %s: %s", self.config.id, state, reason)
@@ -248,7 +246,7 @@ class Camera(threading.Thread):
         delay = self._restart_backoff.next()
         self.last_failure = self._describe_failure(exc)
         log.error("camera %s failed (%s); restart %d in %.2g s\n%s", self.config.id, self.last_failure,
-                  self.restarts, delay, self._redact(traceback.format_exc()))
+                  self.restarts, delay, redact(traceback.format_exc()))
         self._set_state("offline", f"{self.last_failure}; restarting in {delay:.2g} s")
         if self._current_file:
             self._count_file_failure(self._current_file)
@@ -256,15 +254,7 @@ class Camera(threading.Thread):
 
     def _describe_failure(self, exc: Exception) -> str:
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        return self._redact(text)[:500]
-
-    def _redact(self, text: str) -> str:
-        """`text` without any stream password: in URLs (redact), and this camera's own password
-        wherever a library repeated it."""
-        match = re.search(r"://[^:/@]+:([^@/]+)@", str(self.config.source))
-        if match:
-            text = text.replace(match.group(1), "***")
-        return redact(text)
+        return redact(text)[:500]
 
     # --- cv2.VideoCapture sources: usb, stream, file -------------------------------------------
 

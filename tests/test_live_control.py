@@ -56,7 +56,7 @@ def test_prometheus_port_changes_live_and_a_taken_port_is_refused(tmp_path, brok
             daemon.log_text()[-2000:]
         applied = next(p for p in sub.payloads("/notices") if p["type"] == "config_applied")
         assert applied["applied"] == ["stats.prometheus_port"], applied
-        assert applied["pending_restart"] == ["model"], applied
+        assert applied["pending_restart"] == ["model.watch"], applied
         assert serves_metrics(second) and not serves_metrics(first)
 
         with socket.socket() as taken:
@@ -70,6 +70,28 @@ def test_prometheus_port_changes_live_and_a_taken_port_is_refused(tmp_path, brok
         assert "Address already in use" in rejected["message"] or "in use" in rejected["message"], rejected
         assert serves_metrics(second), "the refused update must leave the last good one in force"
         assert len([p for p in sub.payloads("/notices") if p["type"] == "config_applied"]) == 1
+    finally:
+        daemon.stop()
+        sub.close()
+
+
+def test_a_shorter_stats_interval_takes_effect_at_once(tmp_path, broker):
+    """The stats loop was asleep for the old interval (up to a day): a live change must not wait
+    for it to end."""
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    config_path = write_config(tmp_path / "config.yaml", broker.port, [{"id": "drop", "source": str(folder)}],
+                               stats={"interval_s": 3600})
+    config = yaml.safe_load(config_path.read_text())
+    sub = Subscriber(broker.port, "edge-inspect/#")
+    daemon = DaemonProcess(config_path)
+    try:
+        assert sub.wait_for(lambda s: any(p["state"] == "online" for p in s.payloads("/drop/status")), 60)
+        assert not sub.payloads("/stats")
+        config["stats"]["interval_s"] = 0.5
+        config_path.write_text(yaml.safe_dump(config))
+        daemon.signal(signal.SIGHUP)
+        assert sub.wait_for(lambda s: len(s.payloads("/stats")) >= 3, 15), daemon.log_text()[-2000:]
     finally:
         daemon.stop()
         sub.close()

@@ -423,8 +423,29 @@ def test_an_overflowing_outbox_shows_in_stats_prometheus_and_the_log(tmp_path):
         assert wait_until(lambda: any(s["sinks"]["mqtt"]["evicted"] > 0 for s in stats()), 120), daemon.log_text()[-2000:]
         last = stats()[-1]
         validate("stats", last)
-        assert last["sinks"]["mqtt"]["queued"] <= 10 + 5  # events on disk, at the bound, plus a few other messages
+        # both lanes are bounded by max_queued_events: events on disk, other messages in memory
+        assert last["sinks"]["mqtt"]["queued"] <= 2 * 10
         assert wait_until(lambda: evicted_metric() > 0, 20)
         assert "is full: dropping the oldest" in daemon.log_text()
     finally:
         daemon.stop()
+
+
+def test_an_event_the_broker_refuses_is_not_counted_delivered(tmp_path):
+    """MQTT 5: the broker acknowledges the publish with a failure reason (here its ACL denies the
+    events topic). The event leaves the outbox (a retry would be refused again) but counts as
+    dropped, never as delivered."""
+    acl = tmp_path / "acl"
+    acl.write_text("topic write edge-inspect/line-1/stats\n")  # anything else, events included, is denied
+    broker = Broker(tmp_path, extra_conf=f"acl_file {acl}\n").start()
+    sink = MqttSink(MqttConfig(host="127.0.0.1", port=broker.port, protocol="5"), "line-1",
+                    outbox_path=tmp_path / "outbox.sqlite")
+    sink.start()
+    try:
+        for n in range(3):
+            sink.submit(event(n))
+        assert wait_until(lambda: sink.figures()["queued"] == 0, 20), sink.figures()
+        assert sink.figures() == {"queued": 0, "delivered": 0, "evicted": 0, "dropped": 3}
+    finally:
+        sink.close(2)
+        broker.stop()

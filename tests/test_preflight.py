@@ -128,3 +128,27 @@ def test_upload_prefix_cannot_climb_out(tmp_path):
     config = base_config(tmp_path, active_learning={"enabled": True, "upload": {"bucket": "frames",
                                                                                "prefix": "../../x"}})
     assert_refused_by_both(tmp_path, config, "active_learning.upload.prefix: ")
+
+
+def test_a_second_daemon_on_the_same_state_dir_is_refused(tmp_path):
+    """Two daemons on one outbox would send every event twice; `--check-config` beside a
+    running daemon is fine."""
+    import signal
+
+    from daemon_helpers import wait_until
+
+    config = base_config(tmp_path)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    first = subprocess.Popen([sys.executable, "-m", "edge_inspect", "run", "--config", str(path)], cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        lock = tmp_path / "state" / "daemon.lock"
+        assert wait_until(lambda: lock.exists() and lock.read_text().strip() == str(first.pid), 60)
+        assert cli(tmp_path, config, "--check-config").returncode == 0
+        second = cli(tmp_path, config)
+        assert second.returncode == 2, second.stderr[-1500:]
+        assert f"is in use by another edge-inspect daemon (pid {first.pid})" in second.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(10) == 0

@@ -121,3 +121,19 @@ def test_stream_passwords_with_slash_and_at_are_masked_in_logs_and_retained_stat
     assert not _leaks(password, daemon.log_text(), (tmp_path / "messages.jsonl").read_text(),
                       *(p["reason"] for p in statuses))
     assert not _leaks("w0rd", daemon.log_text())
+
+
+@pytest.mark.parametrize("line", ['  password: correct horse battery: staple', '  password: "correct horse battery',
+                                  "  password: 'correct horse\n    battery staple'"])
+def test_a_first_load_with_a_broken_password_line_shows_no_piece_of_it(tmp_path, line):
+    """A fresh process that has never seen the password: `--check-config` on a file whose
+    password line breaks the YAML (plain value with spaces and a colon, an unterminated quote, a
+    quoted value over two lines)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(f"thing_name: line-1\nmqtt:\n  username: line-1\n{line}\n  port: [\n"
+                      f"cameras: [{{id: c, source: {tmp_path}}}]\n")
+    result = subprocess.run([sys.executable, "-m", "edge_inspect", "run", "--config", str(config), "--check-config"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "edge-inspect: error:" in result.stderr, result.stderr
+    for word in ("correct", "horse", "battery", "staple"):
+        assert word not in result.stdout + result.stderr, (word, result.stderr)

@@ -252,3 +252,33 @@ def test_filling_the_disk_to_the_brim_leaves_only_whole_frames(small_disk, caplo
     assert spool.written > spool.evicted, "new frames kept coming in"
     again = Spool(small_disk / "spool", max_bytes=10**9, min_free_bytes=0)  # a restart finds the same
     assert {i.sha256 for i in again.oldest(100)} == {i.sha256 for i in spool.oldest(100)} and again.quarantined == 0
+
+
+def test_the_file_sink_waits_out_a_full_disk(small_disk, caplog):
+    """The file sink's disk fills: messages wait in memory (nothing dropped, one log line), and
+    are all written once there is room again; a half-written line is ended so readers skip it."""
+    import json
+
+    from daemon_helpers import wait_until
+
+    from device.messages import Outbound
+    from device.sinks import FileSink
+
+    caplog.set_level(logging.INFO, logger="device.sinks")
+    sink = FileSink(small_disk / "messages.jsonl", "edge-inspect/line-1")
+    sink.start()
+    filler = fill(small_disk, 0)
+    try:
+        for n in range(50):
+            sink.submit(Outbound("stats", "stats", json.dumps({"n": n, "pad": "x" * 200}).encode()))
+        assert wait_until(lambda: "cannot write to" in caplog.text, 10)
+        assert sink.figures()["queued"] > 0 and sink.figures()["dropped"] == 0
+        filler.unlink()
+        assert wait_until(lambda: sink.figures()["queued"] == 0, 10), sink.figures()
+    finally:
+        sink.close(2)
+    written = [json.loads(line)["payload"]["n"] for line in (small_disk / "messages.jsonl").read_text().splitlines()
+               if line.startswith("{") and line.endswith("}")]
+    assert sorted(set(written)) == list(range(50)) and written == sorted(written)
+    assert len([r for r in caplog.records if "cannot write to" in r.getMessage()]) == 1, "one line per burst"
+    assert "writing to" in caplog.text and sink.figures()["dropped"] == 0

@@ -85,6 +85,8 @@ class MqttConfig(Strict):
 
 class ModelConfig(Strict):
     path: Path | None = Field(None, description="ONNX model; default: the bundled model")
+    fallback_path: Path | None = Field(None, description="an FP32 model to serve when the model fails its "
+                                                          "self-test at start (else the daemon exits 2)")
     watch: bool = Field(True, description="swap in a new model when the file changes")
     watch_interval_s: float = Field(2.0, ge=0.1, le=3600)
     providers: list[str] = ["CPUExecutionProvider"]

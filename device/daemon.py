@@ -65,7 +65,7 @@ class Daemon:
         self.root = topic_root(config.mqtt.topic_prefix, self.thing)
         self.ipc = ipc_client
         model_path = config.model.path or bundled_model_path()
-        checked = preflight(config, model_path)  # nothing is started before every check passed
+        choice = preflight(config, model_path)  # nothing is started before every check passed
         self._state_lock = lock_state_dir(config.state_dir)
         self.stop = threading.Event()
         self.failed: str | None = None  # why the daemon must exit non-zero
@@ -75,7 +75,8 @@ class Daemon:
         self.models = ModelManager(model_path, model_cfg.providers, self._model_message,
                                    lambda: session_options(model_cfg.threads, model_cfg.graph_optimization,
                                                            model_cfg.execution_mode, model_cfg.spinning),
-                                   loaded=checked)
+                                   loaded=choice.detector)
+        self._refused_at_start = choice.refused
         prepare = prepare_for(self.models)
         self.cameras = {c.id: Camera(c, self._on_status, self.stop, prepare, state_dir=config.state_dir)
                         for c in config.cameras}
@@ -243,6 +244,10 @@ class Daemon:
                                  f"{self.config.stats.prometheus_port} ({exc.strerror or exc})") from None
         self.dispatcher.start()
         self.publish(messages.available(True))  # Greengrass and file sinks; MQTT says it itself
+        if self._refused_at_start:
+            log.error("model refused at start, serving model.fallback_path instead: %s", self._refused_at_start)
+            self.publish(messages.error(self.thing, "model_rejected", self._refused_at_start, self.identity(),
+                                        str(self.config.model.path or bundled_model_path())))
         self._close_left_open()
         if self.active_learning:
             self.active_learning.start()

@@ -13,6 +13,7 @@ import numpy as np
 
 from device.detector import Detection, Detector
 from device.images import ImageInputError, list_images, read_image
+from device.model_manager import self_test
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ def detect_files(
 ) -> DetectSummary:
     images = list_images(paths)  # raises before the model loads: a wrong path is the likelier slip
     detector = Detector(model_path, conf=conf, iou=iou)
+    self_test(detector)  # a model that does not see here what its FP32 reference saw is refused
     summary = DetectSummary(saved_to=Path(save_dir) if save_dir else None)
     if summary.saved_to:
         summary.saved_to.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from device.self_test import SelfTestSpec
+
 CARD_SUFFIX = ".card.json"
 TRACKED_PACKAGES = ("edge-inspect", "ultralytics", "torch", "torchvision", "onnx", "onnxruntime",
                     "onnxslim", "numpy", "opencv-python", "opencv-python-headless")
@@ -34,6 +36,7 @@ class ModelCard(BaseModel):
     training: dict[str, Any] = {}
     packages: dict[str, str] = {}
     command: str = ""
+    self_test: SelfTestSpec | None = None  # reference frames with the FP32 model's detections
 
     def write(self, path: str | Path) -> None:
         path = Path(path)
@@ -59,3 +62,26 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+MAX_REFERENCE_FRAME_BYTES = 512 * 1024  # the frames travel inside the card: keep it small
+
+
+def write_self_test(model_path: Path, reference_path: Path, frames: list[Path]) -> ModelCard:
+    """Put a self-test into the card of `model_path`: `frames` with the detections of the FP32
+    `reference_path` model on them (the model itself, for an FP32 model)."""
+    from device.detector import Detector, ModelError
+    from device.self_test import make_self_test
+
+    card_file = card_path_for(model_path)
+    if not card_file.is_file():
+        raise ModelError(f"{model_path} has no model card ({card_file.name}) to write the self-test into")
+    images = []
+    for frame in frames:
+        if not frame.is_file() or frame.stat().st_size > MAX_REFERENCE_FRAME_BYTES:
+            raise ModelError(f"{frame}: not a file of at most {MAX_REFERENCE_FRAME_BYTES} bytes")
+        images.append((frame.name, frame.read_bytes()))
+    card = ModelCard.read(card_file)
+    card.self_test = make_self_test(Detector(reference_path), images)
+    card.write(card_file)
+    return card

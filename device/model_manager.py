@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from device import cpu
 from device.contracts import ModelIdentity
 from device.detector import Detector, ModelError
 from device.model_card import ModelCard, card_path_for
+from device.self_test import SelfTestResult, run_self_test
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +49,38 @@ def check_candidate(detector: Detector, reference: np.ndarray | None) -> None:
                          "values) on a test frame")
 
 
+class SelfTestFailed(ModelError):
+    """The model runs, but does not see on this machine what its FP32 reference saw."""
+
+
+def self_test(detector: Detector) -> SelfTestResult | None:
+    """Run the reference frames of the model's card, if it has them; raise SelfTestFailed."""
+    card_file = card_path_for(detector.info.path)
+    if not card_file.is_file():
+        return None
+    try:
+        card = ModelCard.read(card_file)
+    except (ValueError, OSError) as exc:
+        raise ModelError(f"{card_file.name} is not a readable model card: {str(exc).splitlines()[0]}") from None
+    if card.self_test is None:
+        return None
+    try:
+        result = run_self_test(detector, card.self_test)
+    except ValueError as exc:  # a damaged reference frame
+        raise ModelError(f"{detector.info.path.name}: self-test cannot run: {exc}") from None
+    if not result.passed:
+        raise SelfTestFailed(f"{detector.info.path.name} failed its self-test on this CPU ({cpu.describe()}): "
+                             f"{result.summary()}")
+    log.info("model %s passed its self-test on this CPU: %s", detector.info.path.name, result.summary())
+    return result
+
+
 def load_checked(path: Path, providers: Sequence[str], options: object | None = None) -> Detector:
-    """Load a model and check it runs: what start-up, `--check-config` and a hot swap all do."""
+    """Load a model, check it runs, and run its self-test: what start-up, `--check-config`,
+    `detect` and a hot swap all do."""
     detector = Detector(path, providers=providers, session_options=options)
     check_candidate(detector, None)
+    self_test(detector)
     return detector
 
 

@@ -11,11 +11,12 @@ import fcntl
 import os
 import socket
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from device.config import ConfigError, DaemonConfig
 from device.detector import Detector, ModelError, session_options
-from device.model_manager import load_checked
+from device.model_manager import SelfTestFailed, load_checked
 
 
 class PreflightError(ConfigError):
@@ -56,16 +57,36 @@ def check_port_free(host: str, port: int, key: str) -> None:
             raise PreflightError(f"{key}: cannot listen on {host}:{port} ({reason})") from None
 
 
-def check_model(config: DaemonConfig, model_path: Path) -> Detector:
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model the daemon starts with, and why the configured one was refused, if it was."""
+
+    detector: Detector
+    refused: str | None = None
+
+
+def check_model(config: DaemonConfig, model_path: Path) -> ModelChoice:
     """The model loads with the configured runtime settings, is a YOLOv8 detector whose metadata
-    agrees with its graph, and gives finite output on a frame."""
+    agrees with its graph, gives finite output on a frame, and passes its self-test on this CPU;
+    if only the self-test fails and `model.fallback_path` is set, the fallback serves instead."""
     model = config.model
+
+    def load(path: Path) -> Detector:
+        return load_checked(path, model.providers, session_options(model.threads, model.graph_optimization,
+                                                                   model.execution_mode, model.spinning))
+
     try:
-        return load_checked(model_path, model.providers,
-                            session_options(model.threads, model.graph_optimization, model.execution_mode,
-                                            model.spinning))
+        return ModelChoice(load(model_path))
+    except SelfTestFailed as exc:
+        if model.fallback_path is None:
+            raise PreflightError(f"model.path: {exc}") from None
+        refused = str(exc)
     except ModelError as exc:
         raise PreflightError(f"model.path: {exc}") from None
+    try:
+        return ModelChoice(load(model.fallback_path), refused)
+    except ModelError as exc:
+        raise PreflightError(f"model.path: {refused}; and model.fallback_path: {exc}") from None
 
 
 def check_paths(config: DaemonConfig) -> None:
@@ -103,8 +124,8 @@ def lock_state_dir(state_dir: Path) -> int:
     return fd
 
 
-def preflight(config: DaemonConfig, model_path: Path) -> Detector:
-    """Every check; returns the loaded, checked model."""
+def preflight(config: DaemonConfig, model_path: Path) -> ModelChoice:
+    """Every check; returns the loaded, checked model to start with."""
     check_paths(config)
     if config.stats.prometheus_port:
         check_port_free(config.stats.prometheus_host, config.stats.prometheus_port, "stats.prometheus_port")

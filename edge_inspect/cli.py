@@ -98,6 +98,16 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_bench)
 
 
+def _add_self_test(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("self-test", help="run a model's self-test on this machine, or write it into its card")
+    p.add_argument("model", type=Path, help="ONNX model with a model card beside it")
+    p.add_argument("--write", action="store_true", help="(re)write the card's self-test instead of running it")
+    p.add_argument("--reference", type=Path, default=None,
+                   help="with --write: the FP32 model whose detections are the reference (default: MODEL)")
+    p.add_argument("--frames", type=Path, nargs="+", default=[], help="with --write: the reference frames (JPEG)")
+    p.set_defaults(func=cmd_self_test)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-inspect", description="Visual quality inspection at the edge.")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -109,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_quantize(sub)
     _add_bench(sub)
+    _add_self_test(sub)
     return parser
 
 
@@ -138,9 +149,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.config is None:
             raise CliError("--check-config needs --config FILE")
         config = load_config(args.config)
-        model = preflight(config, config.model.path or bundled_model_path())  # what `run` checks first
-        print(f"{args.config}: OK ({len(config.cameras)} camera(s), model {model.info.name}, "
-              f"thing {config.thing_name})")
+        choice = preflight(config, config.model.path or bundled_model_path())  # what `run` checks first
+        fallback = f"; model.path refused, the fallback would serve: {choice.refused}" if choice.refused else ""
+        print(f"{args.config}: OK ({len(config.cameras)} camera(s), model {choice.detector.info.name}, "
+              f"thing {config.thing_name}){fallback}")
         return 0
     setup_json_logging()
     daemon = build_daemon(args.config)
@@ -181,6 +193,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise CliError("no model to measure: pass --model")
     results = run_benchmark(models, args.out, runs=args.runs, threads=args.threads, video_seconds=args.video_seconds)
     print(markdown(results))
+    return 0
+
+
+def cmd_self_test(args: argparse.Namespace) -> int:
+    from device import cpu
+    from device.detector import Detector
+    from device.model_card import write_self_test
+    from device.model_manager import self_test
+
+    if args.write:
+        if not args.frames:
+            raise CliError("--write needs --frames IMAGE...")
+        card = write_self_test(args.model, args.reference or args.model, args.frames)
+        boxes = sum(len(f.detections) for f in card.self_test.frames)
+        print(f"wrote the self-test of {args.model.name}: {len(card.self_test.frames)} frames, {boxes} reference boxes")
+        return 0
+    result = self_test(Detector(args.model))
+    if result is None:
+        raise CliError(f"{args.model.name} has no self-test in its card")
+    print(f"{args.model.name}: self-test passed on this CPU ({cpu.describe()}): {result.summary()}")
     return 0
 
 

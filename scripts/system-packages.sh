@@ -5,7 +5,8 @@
 set -euo pipefail
 packages=(mosquitto mosquitto-clients)
 if [[ "${1:-demo}" == "test" ]]; then
-  packages+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-base openssl)
+  packages+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-base openssl
+             qemu-user)  # an emulated AVX2-only CPU for the self-test tests
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -27,7 +27,6 @@ from device.bundled import bundled_model_path
 from device.config import ID_PATTERN, ConfigError, DaemonConfig, load_config_file
 from device.contracts import DefectEvent, ModelIdentity, SinkFigures
 from device.control import Applied, LiveControl
-from device.detector import session_options
 from device.events import DefectTracker, ended_after_restart
 from device.greengrass import (
     GreengrassConfigSource,
@@ -41,7 +40,7 @@ from device.messages import Outbound
 from device.model_manager import ModelManager
 from device.mqtt import MqttSink, topic_root
 from device.open_defects import OpenDefects
-from device.preflight import PreflightError, lock_state_dir, preflight
+from device.preflight import PreflightError, lock_state_dir, model_session_options, preflight
 from device.sinks import Dispatcher, FileSink, Sink
 from device.sources import Camera
 from device.stats import Stats
@@ -73,8 +72,7 @@ class Daemon:
         self.open_defects = OpenDefects(config.state_dir / "open-defects.sqlite")
         model_cfg = config.model
         self.models = ModelManager(model_path, model_cfg.providers, self._model_message,
-                                   lambda: session_options(model_cfg.threads, model_cfg.graph_optimization,
-                                                           model_cfg.execution_mode, model_cfg.spinning),
+                                   lambda: model_session_options(model_cfg),
                                    loaded=choice.detector)
         self._refused_at_start = choice.refused
         prepare = prepare_for(self.models)

@@ -14,9 +14,7 @@ from functools import cache
 from typing import Any
 
 from device.contracts import (
-    CONTRACTS,
     SCHEMA_DIR,
-    SCHEMA_VERSION,
     Available,
     CameraState,
     CameraStatus,
@@ -30,10 +28,6 @@ from device.contracts import (
     Stats,
 )
 from device.redact import redact
-
-__all__ = ["SCHEMA_VERSION", "Outbound", "utc_iso", "new_message_id"]
-
-KINDS = tuple(CONTRACTS)
 
 
 def utc_iso(epoch_s: float) -> str:
@@ -53,7 +47,7 @@ class Outbound:
     restart; `message_id` is the same on every delivery attempt of one message, so a subscriber
     drops the one repeat a crash can cause."""
 
-    kind: str  # one of KINDS: names the schema
+    kind: str  # a key of device.contracts.CONTRACTS: names the schema
     subtopic: str  # "events", "available", "{camera}/status", ...
     body: bytes
     retain: bool = False

@@ -14,7 +14,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from device.config import ConfigError, DaemonConfig
+import onnxruntime as ort
+
+from device.config import ConfigError, DaemonConfig, ModelConfig
 from device.detector import Detector, ModelError, session_options
 from device.model_manager import SelfTestFailed, load_checked
 
@@ -65,6 +67,11 @@ class ModelChoice:
     refused: str | None = None
 
 
+def model_session_options(model: ModelConfig) -> ort.SessionOptions:
+    """The ONNX Runtime settings of `model:` (a SessionOptions is single-use: one per load)."""
+    return session_options(model.threads, model.graph_optimization, model.execution_mode, model.spinning)
+
+
 def check_model(config: DaemonConfig, model_path: Path) -> ModelChoice:
     """The model loads with the configured runtime settings, is a YOLOv8 detector whose metadata
     agrees with its graph, gives finite output on a frame, and passes its self-test on this CPU;
@@ -72,8 +79,7 @@ def check_model(config: DaemonConfig, model_path: Path) -> ModelChoice:
     model = config.model
 
     def load(path: Path) -> Detector:
-        return load_checked(path, model.providers, session_options(model.threads, model.graph_optimization,
-                                                                   model.execution_mode, model.spinning))
+        return load_checked(path, model.providers, model_session_options(model))
 
     try:
         return ModelChoice(load(model_path))

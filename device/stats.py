@@ -123,8 +123,8 @@ class Stats:
                 dropped_frames=dropped,
                 queue_depth=len(cam.queue),
                 frames_processed=processed,
-                restarts=getattr(cam, "restarts", 0),
-                rejected_files=getattr(cam, "rejected_files", 0),
+                restarts=cam.restarts,
+                rejected_files=cam.rejected_files,
             )
             self.prom_camera_restarts.labels(cam_id).set(per_camera[cam_id].restarts)
             self._last["captured"][cam_id], self._last["processed"][cam_id] = captured, processed

@@ -13,7 +13,8 @@ from collections import namedtuple
 import numpy as np
 import pytest
 
-from device.messages import SCHEMA_VERSION, validate
+from device.contracts import SCHEMA_VERSION
+from device.messages import validate
 from device.spool import Spool, SpoolError, SpoolWriteError
 
 

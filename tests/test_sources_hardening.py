@@ -459,7 +459,11 @@ def remembered(state: Path, camera: str) -> dict[str, tuple[int, int]]:
     if not path.exists():
         return {}
     with sqlite3.connect(path) as db:
-        return {name: (size, mtime) for name, size, mtime in db.execute("SELECT name, size, mtime_ns FROM inspected")}
+        try:
+            rows = db.execute("SELECT name, size, mtime_ns FROM inspected").fetchall()
+        except sqlite3.OperationalError:  # the daemon has created the file but not yet its table
+            return {}
+        return {name: (size, mtime) for name, size, mtime in rows}
 
 
 def test_daemon_restart_does_not_inspect_the_folder_again(tmp_path, broker):

@@ -7,6 +7,7 @@ are comparable with `yolo val`. Ultralytics (the `train` extra) is imported only
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -69,7 +70,11 @@ def _read_targets(image: Path, width: int, height: int) -> tuple[np.ndarray, np.
     return classes, boxes
 
 
-def evaluate(model: str | Path, data: str | Path, split: str = "test") -> EvalResult:
+def split_images(data: str | Path, split: str) -> list[Path]:
+    return list_images([Path(_images_dir(Path(data), split))])
+
+
+def evaluate(model: str | Path, data: str | Path, split: str = "test", runtime: str = "onnxruntime") -> EvalResult:
     try:
         import torch
         from ultralytics.models.yolo.detect import DetectionValidator
@@ -77,11 +82,14 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test") -> EvalRe
     except ImportError as exc:
         raise EvaluationError(f"evaluation needs Ultralytics: pip install 'edge-inspect[train]' ({exc})") from None
 
-    detector = Detector(model, conf=EVAL_CONF, iou=EVAL_IOU)
-    images = list_images([Path(_images_dir(Path(data), split))])
+    detector = Detector(model, conf=EVAL_CONF, iou=EVAL_IOU, runtime=runtime)
+    images = split_images(data, split)
     names = dict(enumerate(detector.class_names))
     metrics = DetMetrics(names=names)
-    matcher = DetectionValidator()
+    # matching needs only the validator's IoU thresholds; a save_dir of its own keeps it from
+    # creating runs/detect/train-N in the working directory on every call
+    with tempfile.TemporaryDirectory(prefix="eval-") as scratch:
+        matcher = DetectionValidator(save_dir=Path(scratch))
     instances = 0
     for image_path in images:
         frame = read_image(image_path)

@@ -83,17 +83,50 @@ class MqttConfig(Strict):
         return self
 
 
+RuntimeChoice = Literal["onnxruntime", "openvino", "auto"]
+ORT_ONLY_SETTINGS = ("providers", "graph_optimization", "execution_mode", "spinning")
+
+
+def resolve_runtime(choice: str, model_path: Path) -> Literal["onnxruntime", "openvino"]:
+    """`auto`: OpenVINO for an OpenVINO IR (`.xml`), which only it reads; ONNX Runtime for an
+    `.onnx`, as before OpenVINO was an option (it is always installed)."""
+    if choice == "auto":
+        return "openvino" if Path(model_path).suffix.lower() == ".xml" else "onnxruntime"
+    return "openvino" if choice == "openvino" else "onnxruntime"
+
+
 class ModelConfig(Strict):
-    path: Path | None = Field(None, description="ONNX model; default: the bundled model")
+    path: Path | None = Field(None, description="ONNX model (.onnx), or OpenVINO IR (.xml with its .bin beside it); "
+                                                "default: the bundled model")
     fallback_path: Path | None = Field(None, description="an FP32 model to serve when the model fails its "
                                                           "self-test at start (else the daemon exits 2)")
-    watch: bool = Field(True, description="swap in a new model when the file changes")
+    watch: bool = Field(True, description="swap in a new model when the file changes (an IR: either file)")
     watch_interval_s: float = Field(2.0, ge=0.1, le=3600)
+    runtime: RuntimeChoice = Field("auto", description="inference runtime: onnxruntime, openvino (the `openvino` "
+                                                       "extra), or auto: openvino for an .xml IR, onnxruntime for "
+                                                       "an .onnx; decided per file (path and fallback_path)")
+    threads: int | None = Field(None, ge=1, le=256, description="inference threads (onnxruntime intra-op, "
+                                                                "openvino INFERENCE_NUM_THREADS); default: physical cores")
+    # onnxruntime only (refused with runtime openvino)
     providers: list[str] = ["CPUExecutionProvider"]
-    threads: int | None = Field(None, ge=1, le=256, description="intra-op threads; default: physical cores")
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     execution_mode: Literal["sequential", "parallel"] = "sequential"
     spinning: bool = Field(True, description="let idle inference threads spin (lower latency, more CPU)")
+
+    def runtime_for(self, model_path: Path) -> Literal["onnxruntime", "openvino"]:
+        return resolve_runtime(self.runtime, model_path)
+
+    @model_validator(mode="after")
+    def _runtime_fits(self) -> ModelConfig:
+        files = [p for p in (self.path, self.fallback_path) if p is not None]
+        irs = [str(p) for p in files if self.runtime_for(p) == "onnxruntime" and p.suffix.lower() == ".xml"]
+        if irs:
+            raise ValueError(f"{irs[0]} is an OpenVINO IR, which onnxruntime cannot read: set runtime to openvino or auto")
+        ort_only = sorted(self.model_fields_set & set(ORT_ONLY_SETTINGS))
+        if self.runtime == "openvino" and ort_only:
+            raise ValueError(f"{', '.join(ort_only)}: onnxruntime settings, and runtime is openvino "
+                             "(remove them, or give threads only)")
+        return self
 
 
 class ClassRule(Strict):

@@ -40,7 +40,7 @@ from device.messages import Outbound
 from device.model_manager import ModelManager
 from device.mqtt import MqttSink, topic_root
 from device.open_defects import OpenDefects
-from device.preflight import PreflightError, lock_state_dir, model_session_options, preflight
+from device.preflight import PreflightError, lock_state_dir, model_runtime, preflight
 from device.sinks import Dispatcher, FileSink, Sink
 from device.sources import Camera
 from device.stats import Stats
@@ -71,8 +71,7 @@ class Daemon:
         self.dispatcher = Dispatcher(self._build_sinks())
         self.open_defects = OpenDefects(config.state_dir / "open-defects.sqlite")
         model_cfg = config.model
-        self.models = ModelManager(model_path, model_cfg.providers, self._model_message,
-                                   lambda: model_session_options(model_cfg),
+        self.models = ModelManager(model_path, lambda path: model_runtime(model_cfg, path), self._model_message,
                                    loaded=choice.detector)
         self._refused_at_start = choice.refused
         prepare = prepare_for(self.models)
@@ -232,8 +231,8 @@ class Daemon:
 
     def start(self) -> None:
         identity = self.identity()
-        log.info("edge-inspect starting: thing %s, model %s (%s), %d camera(s)", self.thing, identity.name,
-                 identity.sha256[:12], len(self.cameras))
+        log.info("edge-inspect starting: thing %s, model %s (%s) on %s, %d camera(s)", self.thing, identity.name,
+                 identity.sha256[:12], self.models.detector.info.runtime, len(self.cameras))
         self.stats.set_model(identity)
         try:
             self.stats.serve(self.config.stats.prometheus_host, self.config.stats.prometheus_port)

@@ -14,6 +14,7 @@ import numpy as np
 from device.detector import Detection, Detector
 from device.images import ImageInputError, list_images, read_image
 from device.model_manager import self_test
+from device.runtimes import RuntimeName
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +68,14 @@ def detect_files(
     paths: Sequence[str | Path],
     *,
     model_path: str | Path,
+    runtime: RuntimeName = "onnxruntime",
     conf: float = 0.25,
     iou: float = 0.7,
     save_dir: str | Path | None = None,
     emit: Callable[[dict[str, object]], None] | None = None,
 ) -> DetectSummary:
     images = list_images(paths)  # raises before the model loads: a wrong path is the likelier slip
-    detector = Detector(model_path, conf=conf, iou=iou)
+    detector = Detector(model_path, conf=conf, iou=iou, runtime=runtime)
     self_test(detector)  # a model that does not see here what its FP32 reference saw is refused
     summary = DetectSummary(saved_to=Path(save_dir) if save_dir else None)
     if summary.saved_to:

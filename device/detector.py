@@ -1,14 +1,15 @@
-"""YOLOv8 detection with ONNX Runtime: letterbox, one `session.run`, decode, class-aware NMS.
+"""YOLOv8 detection: letterbox, one inference run, decode, class-aware NMS.
 
 Pre- and post-processing follow Ultralytics' own (`LetterBox`, `non_max_suppression`,
 `scale_boxes`) step for step, so the boxes match `YOLO(model.onnx).predict` (a test holds us to
-that). Only onnxruntime, OpenCV and NumPy are used: no torch on the device.
+that). The inference itself is the runtime's (device/runtimes.py: ONNX Runtime, or OpenVINO);
+the model checks and all the rest are here, the same for both. Only OpenCV and NumPy besides:
+no torch on the device.
 """
 
 from __future__ import annotations
 
 import ast
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,22 +18,27 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+# ModelNotFoundError, file_sha256 and session_options moved to device.runtimes; still importable from here.
+from device.runtimes import (
+    InferenceModel,
+    ModelError,
+    RuntimeName,
+    RuntimeSettings,
+    model_sha256,
+    open_model,
+)
+from device.runtimes import ModelNotFoundError as ModelNotFoundError
+from device.runtimes import file_sha256 as file_sha256
+from device.runtimes import session_options as session_options
+
 # Ultralytics offsets boxes by class * max_wh before NMS so classes never suppress each other;
 # cv2.dnn.NMSBoxesBatched does the same by class id.
 MAX_NMS_CANDIDATES = 30000
 PAD_VALUE = 114
 
 
-class ModelError(RuntimeError):
-    """The model file cannot serve as a detector; the message says why in plain words."""
-
-
-class ModelNotFoundError(ModelError):
-    pass
-
-
 class NotADetectorError(ModelError):
-    """A readable ONNX model that is not a YOLOv8 detection model."""
+    """A readable model that is not a YOLOv8 detection model."""
 
 
 class FrameError(ValueError):
@@ -57,10 +63,10 @@ class Detection:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the model says about itself (Ultralytics writes it into the ONNX metadata at export)."""
+    """What the model says about itself (Ultralytics writes it into the model's metadata at export)."""
 
     path: Path
-    sha256: str
+    sha256: str  # of all the model's files (an IR's .xml and .bin): see runtimes.model_sha256
     class_names: tuple[str, ...]
     input_size: tuple[int, int]  # height, width
     stride: int
@@ -68,6 +74,7 @@ class ModelInfo:
     task: str
     version: str  # the Ultralytics version that exported it
     description: str
+    runtime: RuntimeName = "onnxruntime"
 
     @property
     def name(self) -> str:
@@ -94,14 +101,6 @@ class PreparedInput:
     fit: Letterbox
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _parse_names(raw: str | None, path: Path) -> tuple[str, ...]:
     if not raw:
         raise NotADetectorError(
@@ -119,37 +118,22 @@ def _parse_names(raw: str | None, path: Path) -> tuple[str, ...]:
     raise NotADetectorError(f"{path}: metadata 'names' is a {type(names).__name__}, not a mapping")
 
 
-def _open_session(path: Path, providers: Sequence[str] | None, options: ort.SessionOptions | None):
-    if not path.is_file():
-        raise ModelNotFoundError(f"model file {path} does not exist")
-    available = ort.get_available_providers()
-    chosen = list(providers or ["CPUExecutionProvider"])
-    unknown = [p for p in chosen if p not in available]
-    if unknown:
-        raise ModelError(f"execution provider(s) {unknown} not available here; available: {available}")
-    try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=chosen)
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
-        first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path} is not a loadable ONNX model: {first_line}") from None
-
-
-def _model_info(path: Path, session: ort.InferenceSession) -> ModelInfo:
-    meta = session.get_modelmeta().custom_metadata_map
+def _model_info(path: Path, model: InferenceModel) -> ModelInfo:
+    meta = model.graph.metadata
     task = meta.get("task", "detect")
     if task != "detect":
         raise NotADetectorError(f"{path} is a YOLO '{task}' model; edge-inspect needs a 'detect' model")
     names = _parse_names(meta.get("names"), path)
-    inputs, outputs = session.get_inputs(), session.get_outputs()
+    inputs, outputs = model.graph.inputs, model.graph.outputs
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
-        raise NotADetectorError(f"{path} must have one NCHW image input, has {[i.shape for i in inputs]}")
+        raise NotADetectorError(f"{path} must have one NCHW image input, has {[list(i.shape) for i in inputs]}")
     shape = inputs[0].shape
     if shape[1] not in (3, "3"):
         raise NotADetectorError(f"{path}: input has {shape[1]} channels, a YOLOv8 detector takes 3")
     out_shape = outputs[0].shape
     if len(outputs) != 1 or len(out_shape) != 3 or out_shape[1] != 4 + len(names):
         raise NotADetectorError(
-            f"{path}: output {[o.shape for o in outputs]} is not YOLOv8 detection's (1, 4+{len(names)}, N)"
+            f"{path}: output {[list(o.shape) for o in outputs]} is not YOLOv8 detection's (1, 4+{len(names)}, N)"
         )
     try:
         imgsz = ast.literal_eval(meta["imgsz"]) if "imgsz" in meta else [shape[2], shape[3]]
@@ -163,7 +147,7 @@ def _model_info(path: Path, session: ort.InferenceSession) -> ModelInfo:
                                 f"{graph_size[0]}x{graph_size[1]}")
     return ModelInfo(
         path=path,
-        sha256=file_sha256(path),
+        sha256=model_sha256(path),
         class_names=names,
         input_size=size,
         stride=int(meta.get("stride", 32)),
@@ -171,6 +155,7 @@ def _model_info(path: Path, session: ort.InferenceSession) -> ModelInfo:
         task=task,
         version=meta.get("version", ""),
         description=meta.get("description", ""),
+        runtime=model.runtime,
     )
 
 
@@ -206,30 +191,12 @@ def check_frame(frame: object) -> np.ndarray:
     return frame
 
 
-def session_options(threads: int | None = None, graph_optimization: str = "all",
-                    execution_mode: str = "sequential", spinning: bool = True) -> ort.SessionOptions:
-    """ONNX Runtime settings. Defaults chosen by measurement (benchmarks/bench.py): all graph
-    optimizations, sequential execution (YOLOv8 is one chain of ops: parallel execution only adds
-    scheduling), intra-op threads = physical cores (onnxruntime's own default)."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[graph_optimization]
-    options.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if execution_mode == "parallel"
-                              else ort.ExecutionMode.ORT_SEQUENTIAL)
-    if threads:
-        options.intra_op_num_threads = threads
-    # Idle intra-op threads spin for a while after each run: lowest latency on a dedicated core,
-    # but on a small box they take the CPU the camera threads need between frames.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    return options
-
-
 class Detector:
-    """One ONNX model, ready to run on BGR frames of any size.
+    """One model, ready to run on BGR frames of any size.
 
     `conf` and `iou` are the defaults for `detect`; Ultralytics' predict defaults are 0.25/0.7.
+    `runtime`: "onnxruntime" (an .onnx; `providers`, `session_options` apply) or "openvino" (an
+    .onnx or an IR .xml; `threads` apply, and for onnxruntime too when no `session_options`).
     """
 
     def __init__(
@@ -241,10 +208,13 @@ class Detector:
         max_det: int = 300,
         providers: Sequence[str] | None = None,
         session_options: ort.SessionOptions | None = None,
+        runtime: RuntimeName = "onnxruntime",
+        threads: int | None = None,
     ) -> None:
         path = Path(model_path)
-        self.session = _open_session(path, providers, session_options)
-        self.info = _model_info(path, self.session)
+        settings = RuntimeSettings(runtime, tuple(providers) if providers else None, session_options, threads)
+        self.model = open_model(path, settings)
+        self.info = _model_info(path, self.model)
         self.conf, self.iou, self.max_det = conf, iou, max_det
 
     @property
@@ -256,7 +226,7 @@ class Detector:
         return to_blob(padded), fit
 
     def infer(self, blob: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.info.input_name: blob})[0]
+        return self.model.run(blob)
 
     def postprocess(
         self, output: np.ndarray, fit: Letterbox, frame_shape: tuple[int, ...], conf: float, iou: float

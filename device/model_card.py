@@ -54,9 +54,9 @@ def card_path_for(model_path: str | Path) -> Path:
     return model_path.with_name(model_path.stem + CARD_SUFFIX)
 
 
-def package_versions() -> dict[str, str]:
+def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str]:
     versions = {"python": platform.python_version()}
-    for name in TRACKED_PACKAGES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from device import cpu
 from device.contracts import ModelIdentity
 from device.detector import Detector, ModelError
 from device.model_card import ModelCard, card_path_for
+from device.runtimes import RuntimeSettings, model_files
 from device.self_test import SelfTestResult, run_self_test
 
 log = logging.getLogger(__name__)
@@ -75,10 +76,12 @@ def self_test(detector: Detector) -> SelfTestResult | None:
     return result
 
 
-def load_checked(path: Path, providers: Sequence[str], options: object | None = None) -> Detector:
+def load_checked(path: Path, settings: RuntimeSettings | None = None) -> Detector:
     """Load a model, check it runs, and run its self-test: what start-up, `--check-config`,
-    `detect` and a hot swap all do."""
-    detector = Detector(path, providers=providers, session_options=options)
+    `detect` and a hot swap all do. Default settings: ONNX Runtime on the CPU."""
+    s = settings or RuntimeSettings()
+    detector = Detector(path, runtime=s.runtime, providers=s.providers, session_options=s.session_options,
+                        threads=s.threads)
     check_candidate(detector, None)
     self_test(detector)
     return detector
@@ -87,35 +90,44 @@ def load_checked(path: Path, providers: Sequence[str], options: object | None = 
 class ModelManager:
     """Holds the serving detector; swaps only when the inference stage calls `take_pending`."""
 
-    def __init__(self, path: Path, providers: Sequence[str], on_message: Callable[[str, str, str], None],
-                 options_factory: Callable[[], object] | None = None, loaded: Detector | None = None) -> None:
-        """`loaded`: the model at `path`, already loaded and checked (by the start-up checks)."""
-        self.path, self.providers = Path(path), list(providers)
+    def __init__(self, path: Path, settings_for: Callable[[Path], RuntimeSettings],
+                 on_message: Callable[[str, str, str], None], loaded: Detector | None = None) -> None:
+        """`settings_for`: the runtime settings for a model file, made anew for each load (an ONNX
+        Runtime SessionOptions is single-use). `loaded`: the model at `path`, already loaded and
+        checked (by the start-up checks)."""
+        self.path = Path(path)
+        self._settings_for = settings_for
         self._on_message = on_message  # (type, message, candidate path)
-        self._options = options_factory or (lambda: None)  # a SessionOptions is single-use
         self.detector = loaded or self._load(self.path)
         self.identity = model_identity(self.detector)
         self._pending: Detector | None = None
         self._lock = threading.Lock()
-        self._fingerprint = self._stat()
+        self._fingerprint = self._seen = self._stat()
         self.reference_frame: np.ndarray | None = None
         self.swaps = 0
         self.rejections = 0
 
     def _load(self, path: Path) -> Detector:
-        return load_checked(path, self.providers, self._options())
+        return load_checked(path, self._settings_for(path))
 
-    def _stat(self) -> tuple[int, int] | None:
+    def _stat(self) -> tuple[tuple[int, int], ...] | None:
+        """(mtime, size) of each of the model's files (an IR: the .xml and the .bin)."""
         try:
-            stat = self.path.stat()
+            stats = [f.stat() for f in model_files(self.path)]
         except OSError:
             return None
-        return (stat.st_mtime_ns, stat.st_size)
+        return tuple((s.st_mtime_ns, s.st_size) for s in stats)
 
     def poll(self) -> None:
-        """Called by the watcher thread: load and check a changed file."""
-        fingerprint = self._stat()
+        """Called by the watcher thread: load and check a changed model."""
+        fingerprint, seen = self._stat(), self._seen
+        self._seen = fingerprint
         if fingerprint is None or fingerprint == self._fingerprint:
+            return
+        if len(fingerprint) > 1 and fingerprint != seen:
+            # An IR is two files, replaced one after the other (no rename makes both appear at
+            # once): wait until neither has changed for one interval, rather than load a new .xml
+            # with the old .bin and refuse it.
             return
         self._fingerprint = fingerprint
         self.offer(self.path)

@@ -14,11 +14,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnxruntime as ort
-
 from device.config import ConfigError, DaemonConfig, ModelConfig
-from device.detector import Detector, ModelError, session_options
+from device.detector import Detector, ModelError
 from device.model_manager import SelfTestFailed, load_checked
+from device.runtimes import RuntimeSettings, RuntimeUnavailableError, session_options
 
 
 class PreflightError(ConfigError):
@@ -67,19 +66,23 @@ class ModelChoice:
     refused: str | None = None
 
 
-def model_session_options(model: ModelConfig) -> ort.SessionOptions:
-    """The ONNX Runtime settings of `model:` (a SessionOptions is single-use: one per load)."""
-    return session_options(model.threads, model.graph_optimization, model.execution_mode, model.spinning)
+def model_runtime(model: ModelConfig, model_path: Path) -> RuntimeSettings:
+    """The runtime settings of `model:` for the file at `model_path` (`auto` is decided per file).
+    Made per load: an ONNX Runtime SessionOptions is single-use."""
+    if model.runtime_for(model_path) == "openvino":
+        return RuntimeSettings("openvino", threads=model.threads)
+    return RuntimeSettings("onnxruntime", tuple(model.providers), session_options(
+        model.threads, model.graph_optimization, model.execution_mode, model.spinning))
 
 
 def check_model(config: DaemonConfig, model_path: Path) -> ModelChoice:
-    """The model loads with the configured runtime settings, is a YOLOv8 detector whose metadata
+    """The model loads with the configured runtime and its settings, is a YOLOv8 detector whose metadata
     agrees with its graph, gives finite output on a frame, and passes its self-test on this CPU;
     if only the self-test fails and `model.fallback_path` is set, the fallback serves instead."""
     model = config.model
 
     def load(path: Path) -> Detector:
-        return load_checked(path, model.providers, model_session_options(model))
+        return load_checked(path, model_runtime(model, path))
 
     try:
         return ModelChoice(load(model_path))
@@ -87,6 +90,8 @@ def check_model(config: DaemonConfig, model_path: Path) -> ModelChoice:
         if model.fallback_path is None:
             raise PreflightError(f"model.path: {exc}") from None
         refused = str(exc)
+    except RuntimeUnavailableError as exc:  # the machine's fault, not the model file's: says which key
+        raise PreflightError(str(exc)) from None
     except ModelError as exc:
         raise PreflightError(f"model.path: {exc}") from None
     try:

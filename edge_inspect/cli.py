@@ -17,10 +17,17 @@ class CliError(Exception):
     """An error to print as one line and exit 2, without a traceback."""
 
 
+def _add_runtime(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime", choices=["onnxruntime", "openvino", "auto"], default="auto",
+                   help="inference runtime (default auto: openvino for an .xml IR, onnxruntime for an .onnx)")
+
+
 def _add_detect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("detect", help="detect defects in images or folders of images")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
-    p.add_argument("--model", type=Path, default=None, help="ONNX model (default: the bundled model)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="ONNX model or OpenVINO IR .xml (default: the bundled model)")
+    _add_runtime(p)
     p.add_argument("--conf", type=float, default=0.25, help="minimum confidence (default 0.25)")
     p.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold (default 0.7)")
     p.add_argument("--save", type=Path, default=None, metavar="DIR", help="write annotated copies here")
@@ -73,39 +80,75 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_quantize(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quantize", help="static INT8 quantization with an accuracy gate (needs the 'train' extra)")
-    p.add_argument("model", type=Path, help="FP32 ONNX model")
-    p.add_argument("--calib", type=Path, required=True, help="folder of real frames (a dataset split, the spool)")
-    p.add_argument("--out", type=Path, required=True, help="INT8 model to write (only if the gate passes)")
-    p.add_argument("--data", type=Path, default=None, help="data.yaml whose test split gates the accuracy")
+    p = sub.add_parser("quantize", help="INT8 for ONNX Runtime or OpenVINO, behind an accuracy and fidelity gate "
+                                        "(needs the 'train' extra; OpenVINO also the 'bench' extra)")
+    p.add_argument("model", type=Path, help="FP32 ONNX model (its model card names its training photos)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="INT8 model to write, only if the gate passes (.onnx for onnxruntime, .xml for openvino)")
+    p.add_argument("--runtime", choices=["onnxruntime", "openvino"], default="onnxruntime")
+    p.add_argument("--labels", type=Path, default=None,
+                   help="label table (labels.csv): calibrate on the model's training photos, gate on all the others")
+    p.add_argument("--images-root", type=Path, default=None, help="folder the table's paths are relative to "
+                                                                    "(default: the table's folder)")
+    p.add_argument("--calib", type=Path, default=None, help="calibrate on this folder of frames instead (the spool)")
+    p.add_argument("--data", type=Path, default=None, help="gate on this data.yaml's --split instead")
     p.add_argument("--split", default="test")
     p.add_argument("--max-drop", type=float, default=0.01, help="largest mAP50 loss allowed (default 0.01)")
-    p.add_argument("--max-drop-map50-95", type=float, default=None,
-                   help="also bound the mAP50-95 loss (default: gate on mAP50 only)")
+    p.add_argument("--max-drop-map50-95", type=float, default=0.02, help="largest mAP50-95 loss (default 0.02)")
+    p.add_argument("--alert-threshold", type=float, default=0.5, help="the line's alert confidence (default 0.5)")
+    p.add_argument("--min-fidelity", type=float, default=0.98,
+                   help="share of the FP32 model's alerts the INT8 model must raise too (default 0.98)")
+    p.add_argument("--candidates", default=None, help="comma-separated candidate names to try (default: all)")
     p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"])
     p.add_argument("--calib-limit", type=int, default=200, help="calibration frames at most")
     p.set_defaults(func=cmd_quantize)
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmark the models on this machine (JSON, Markdown table, PNG chart)")
+    p = sub.add_parser("bench", help="measure every model x runtime here, and recommend the fastest that is right "
+                                     "on this machine (JSON, Markdown, PNG, recommended.yaml)")
     p.add_argument("--model", type=Path, action="append", default=None,
-                   help="ONNX model to measure (repeatable; default: the bundled FP32 and INT8 models)")
-    p.add_argument("--out", type=Path, default=Path("bench-output"), help="folder for bench.json/.md/.png")
-    p.add_argument("--runs", type=int, default=200, help="timed session.run calls per model")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: onnxruntime's)")
+                   help="model to measure (.onnx or OpenVINO .xml; repeatable; default: every bundled model)")
+    p.add_argument("--runtime", action="append", choices=["onnxruntime", "openvino"], default=None,
+                   help="runtime to measure (repeatable; default: every one installed)")
+    p.add_argument("--out", type=Path, default=Path("bench-output"), help="folder for the outputs")
+    p.add_argument("--labels", type=Path, default=None, help="label table: accuracy on the photos outside the "
+                                                              "model's training split (default: the repo's)")
+    p.add_argument("--data", type=Path, default=None, help="score accuracy on this data.yaml's --split instead")
+    p.add_argument("--split", default="test")
+    p.add_argument("--runs", type=int, default=200, help="timed inference calls per setup")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: the runtime's)")
     p.add_argument("--video-seconds", type=float, default=30.0, help="length of the daemon's test video")
+    p.add_argument("--no-peers", action="store_true", help="skip the Ultralytics comparisons")
     p.set_defaults(func=cmd_bench)
 
 
 def _add_self_test(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("self-test", help="run a model's self-test on this machine, or write it into its card")
-    p.add_argument("model", type=Path, help="ONNX model with a model card beside it")
+    p.add_argument("model", type=Path, help="ONNX model or OpenVINO IR .xml, with a model card beside it")
+    _add_runtime(p)
     p.add_argument("--write", action="store_true", help="(re)write the card's self-test instead of running it")
     p.add_argument("--reference", type=Path, default=None,
                    help="with --write: the FP32 model whose detections are the reference (default: MODEL)")
     p.add_argument("--frames", type=Path, nargs="+", default=[], help="with --write: the reference frames (JPEG)")
     p.set_defaults(func=cmd_self_test)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="re-export a model at the camera's letterboxed shape, with a model card "
+                                      "(needs the 'train' extra)")
+    p.add_argument("model", type=Path, help="Ultralytics YOLO detection ONNX with its model card beside it")
+    p.add_argument("--out", type=Path, required=True, help="ONNX model to write (its card is written beside it)")
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--frame-size", metavar="WxH",
+                      help="the camera's frame size, e.g. 450x300: the model's long side stays, the short side "
+                           "fits the letterboxed frame (rounded up to the stride)")
+    size.add_argument("--imgsz", type=int, nargs=2, metavar=("H", "W"), help="input height and width instead")
+    p.add_argument("--labels", type=Path, default=None,
+                   help="label table for the held-out figures (default: data/metal-tags/labels.csv)")
+    p.add_argument("--images-root", type=Path, default=None, help="folder the table's paths are relative to")
+    p.add_argument("--model-yaml", default=None, help="architecture YAML (default: the card's training.model_yaml)")
+    p.set_defaults(func=cmd_export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,15 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quantize(sub)
     _add_bench(sub)
     _add_self_test(sub)
+    _add_export(sub)
     return parser
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
+    from device.config import resolve_runtime
     from device.detect_files import detect_files
 
+    model_path = args.model or bundled_model_path()
     summary = detect_files(
         args.paths,
-        model_path=args.model or bundled_model_path(),
+        model_path=model_path,
+        runtime=resolve_runtime(args.runtime, model_path),
         conf=args.conf,
         iou=args.iou,
         save_dir=args.save,
@@ -173,15 +220,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from cloud.quantize import quantize_model
+    from cloud.quantize import GateSettings, quantize_model
 
-    report = quantize_model(args.model, args.calib, args.out, args.data, max_drop=args.max_drop,
-                            method=args.calib_method, calib_limit=args.calib_limit, split=args.split,
-                            max_drop_map50_95=args.max_drop_map50_95)
+    settings = GateSettings(max_drop=args.max_drop, max_drop_map50_95=args.max_drop_map50_95,
+                            alert_threshold=args.alert_threshold, min_fidelity=args.min_fidelity)
+    report = quantize_model(args.model, args.out, runtime=args.runtime, labels=args.labels,
+                            images_root=args.images_root, calib=args.calib, data=args.data, split=args.split,
+                            settings=settings, method=args.calib_method, calib_limit=args.calib_limit,
+                            only=args.candidates.split(",") if args.candidates else None)
     fp32, int8 = report["fp32"], report["int8"]
     print(f"wrote {args.out} ({report['chosen']}, {len(report['float_nodes'])} nodes in float): "
-          f"latency {int8['latency_ms']:.1f} ms vs FP32 {fp32['latency_ms']:.1f} ms"
-          + (f"; mAP50 {int8['map50']:.4f} vs FP32 {fp32['map50']:.4f}" if "map50" in int8 else ""))
+          f"latency {int8['latency_ms']:.1f} ms vs FP32 {fp32['latency_ms']:.1f} ms; mAP50 {int8['map50']:.4f} vs "
+          f"FP32 {fp32['map50']:.4f}, mAP50-95 {int8['map50_95']:.4f} vs {fp32['map50_95']:.4f}; raises "
+          f"{int8['fidelity']['found']} of FP32's {int8['fidelity']['fp32_alerts']} alerts on {report['gate']['photos']}")
     return 0
 
 
@@ -191,13 +242,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     models = args.model or default_models()
     if not models:
         raise CliError("no model to measure: pass --model")
-    results = run_benchmark(models, args.out, runs=args.runs, threads=args.threads, video_seconds=args.video_seconds)
+    results = run_benchmark(models, args.out, runs=args.runs, threads=args.threads, video_seconds=args.video_seconds,
+                            labels=args.labels, data=args.data, split=args.split, runtimes=args.runtime,
+                            with_peers=not args.no_peers)
     print(markdown(results))
     return 0
 
 
 def cmd_self_test(args: argparse.Namespace) -> int:
     from device import cpu
+    from device.config import resolve_runtime
     from device.detector import Detector
     from device.model_card import write_self_test
     from device.model_manager import self_test
@@ -209,10 +263,25 @@ def cmd_self_test(args: argparse.Namespace) -> int:
         boxes = sum(len(f.detections) for f in card.self_test.frames)
         print(f"wrote the self-test of {args.model.name}: {len(card.self_test.frames)} frames, {boxes} reference boxes")
         return 0
-    result = self_test(Detector(args.model))
+    runtime = resolve_runtime(args.runtime, args.model)
+    result = self_test(Detector(args.model, runtime=runtime))
     if result is None:
         raise CliError(f"{args.model.name} has no self-test in its card")
-    print(f"{args.model.name}: self-test passed on this CPU ({cpu.describe()}): {result.summary()}")
+    print(f"{args.model.name}: self-test passed on this CPU ({cpu.describe()}) with {runtime}: {result.summary()}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from cloud.export import export_for_camera, parse_frame_size
+    from cloud.training import _command
+    from edge_inspect.paths import METAL_TAGS_DIR
+
+    result = export_for_camera(
+        args.model, args.out, args.labels or METAL_TAGS_DIR / "labels.csv",
+        frame_size=parse_frame_size(args.frame_size) if args.frame_size is not None else None,
+        imgsz=tuple(args.imgsz) if args.imgsz else None, images_root=args.images_root,
+        model_yaml=args.model_yaml, command=_command())
+    print(result.line())
     return 0
 
 
@@ -281,7 +350,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input, not a bug: printed as one line, no traceback."""
     from pydantic import ValidationError
 
+    from cloud.checkpoint import CheckpointError
     from cloud.evaluation import EvaluationError
+    from cloud.export import ExportError
+    from cloud.heldout import HeldoutError
     from cloud.label_table import LabelTableError
     from cloud.quantize import QuantizationError
     from cloud.training import TrainingError
@@ -291,7 +363,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from edge_inspect.demo import DemoError
 
     return (CliError, ConfigError, DemoError, QuantizationError, ModelError, FrameError, ImageInputError, LabelTableError, TrainingError,
-            EvaluationError, ValidationError)
+            EvaluationError, HeldoutError, CheckpointError, ExportError, ValidationError)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,59 @@
+"""What can run here: every model x runtime pair the machine supports.
+
+A setup is one model file on one runtime. ONNX models run on ONNX Runtime and, when the
+`openvino` extra is installed, on OpenVINO too (it reads ONNX, QDQ INT8 included); an OpenVINO IR
+(.xml) runs on OpenVINO only. Every setup then meets the same self-test and accuracy gate here:
+a model quantized for one runtime earns no trust on the other without it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from device.model_card import ModelCard, card_path_for
+
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+@dataclass(frozen=True)
+class Setup:
+    model: Path
+    runtime: str
+    precision: str  # fp32 | int8, from the model card
+    input_size: tuple[int, int]  # height, width
+
+    @property
+    def name(self) -> str:
+        return f"{self.model.name} @ {self.runtime}"
+
+    @property
+    def shape(self) -> str:
+        return f"{self.input_size[1]}x{self.input_size[0]}"
+
+
+def available_runtimes() -> list[str]:
+    return [r for r in RUNTIMES if importlib.util.find_spec(r) is not None]
+
+
+def _card(model: Path) -> ModelCard | None:
+    path = card_path_for(model)
+    return ModelCard.read(path) if path.is_file() else None
+
+
+def setups_for(models: list[Path], runtimes: list[str]) -> list[Setup]:
+    out = []
+    for model in models:
+        card = _card(model)
+        precision = card.precision if card else "fp32"
+        size = tuple(card.input_size) if card else (0, 0)
+        wanted = ["openvino"] if model.suffix == ".xml" else list(RUNTIMES)
+        out += [Setup(model, runtime, precision, size) for runtime in wanted if runtime in runtimes]
+    return out
+
+
+def bundled_models(models_dir: Path) -> list[Path]:
+    """Every model shipped in device/models that has a card, FP32 first."""
+    found = [p for p in sorted(models_dir.iterdir()) if p.suffix in (".onnx", ".xml") and card_path_for(p).is_file()]
+    return sorted(found, key=lambda p: (_card(p).precision != "fp32", p.name))

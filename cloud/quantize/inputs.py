@@ -1,0 +1,74 @@
+"""Which photos calibrate a quantization and which gate it.
+
+Calibration sees only photos the FP32 model trained on (or a folder the user names, e.g. the
+device spool); the gate sees only photos it never trained on. Mixing the two would let a
+candidate's activation ranges be fitted to the very photos that then judge it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cloud.evaluation import split_images
+from cloud.heldout import HELDOUT, heldout_dataset
+from cloud.label_table import approved, read_label_csv
+from cloud.quantize.gate import QuantizationError
+from device.images import list_images
+from device.model_card import ModelCard
+
+
+@dataclass(frozen=True)
+class GateData:
+    data_yaml: Path
+    split: str
+    images: list[Path]
+    source: str  # in words, for the card
+
+
+def spread(images: list[Path], limit: int) -> list[Path]:
+    """An even spread of at most `limit`, not the first N of a sorted folder."""
+    if len(images) <= limit:
+        return images
+    return [images[i] for i in np.linspace(0, len(images) - 1, limit).round().astype(int)]
+
+
+def training_photos(card: ModelCard, labels_csv: Path, images_root: Path) -> list[Path]:
+    trained = set(((card.data or {}).get("photos") or {}).get("train") or [])
+    if not trained:
+        raise QuantizationError(f"model card {card.name!r} lists no training photos: pass --calib FOLDER")
+    records = [r for r in approved(read_label_csv(labels_csv)) if r.photo_id in trained]
+    paths = [images_root / r.source_ref for r in records]
+    missing = [p for p in paths if not p.is_file()]
+    if missing or not paths:
+        raise QuantizationError(f"training photos not found under {images_root} (first missing: "
+                                f"{missing[0] if missing else 'none listed'}): pass --images-root or --calib")
+    return paths
+
+
+def calibration_images(card: ModelCard | None, labels_csv: Path | None, images_root: Path | None,
+                       calib: Path | None, limit: int) -> list[Path]:
+    if calib is not None:
+        images = list_images([calib])
+    elif card is not None and labels_csv is not None:
+        images = training_photos(card, labels_csv, images_root or labels_csv.parent)
+    else:
+        raise QuantizationError("nothing to calibrate on: pass --calib FOLDER, or --labels with a model card "
+                                "that lists its training photos")
+    if not images:
+        raise QuantizationError(f"no images to calibrate on in {calib}")
+    return spread(images, limit)
+
+
+def gate_data(card: ModelCard | None, labels_csv: Path | None, images_root: Path | None, data: Path | None,
+              split: str, workdir: Path) -> GateData:
+    if data is not None:  # a dataset the user names: its split gates
+        return GateData(data, split, split_images(data, split), f"split {split!r} of {data}")
+    if card is None or labels_csv is None:
+        raise QuantizationError("nothing to gate on: pass --data DATA.yaml, or --labels with a model card")
+    data_yaml = heldout_dataset(card, labels_csv, workdir / "heldout", images_root)
+    images = split_images(data_yaml, HELDOUT)
+    return GateData(data_yaml, HELDOUT, images,
+                    f"{len(images)} labelled photos of {labels_csv.name} outside {card.name}'s training split")

@@ -1,0 +1,161 @@
+"""Candidates from the runtime's quantizer -> the gate -> the fastest that passes -> OUT + card.
+
+OUT (and its card) is written only when a candidate passes. The card carries both models'
+figures on the gate photos, the gate's settings, and a self-test: the FP32 card's reference frames
+with the FP32 model's detections, so every device re-checks the INT8 model on its own CPU.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from cloud.evaluation import evaluate
+from cloud.quantize import onnxruntime as ort_backend
+from cloud.quantize.gate import GateSettings, Measured, QuantizationError, failures, fidelity, reference_detections
+from cloud.quantize.inputs import calibration_images, gate_data
+from device.detector import Detector, file_sha256
+from device.model_card import ModelCard, card_path_for
+from device.self_test import make_self_test, run_self_test
+from device.timing import time_inference
+
+log = logging.getLogger(__name__)
+
+Runtime = Literal["onnxruntime", "openvino"]
+SUFFIX = {"onnxruntime": ".onnx", "openvino": ".xml"}
+
+
+@dataclass
+class Candidate:
+    name: str
+    path: Path
+    float_nodes: list[str]
+    measured: Measured | None = None
+
+
+def _detector(path: Path, runtime: Runtime, **kwargs) -> Detector:
+    return Detector(path, **kwargs) if runtime == "onnxruntime" else Detector(path, runtime=runtime, **kwargs)
+
+
+def latency_ms(path: Path, runtime: Runtime, runs: int = 30) -> float:
+    return float(np.median(time_inference(_detector(path, runtime), runs)) * 1000)
+
+
+def interleaved_latency_ms(paths: list[Path], runtime: Runtime, rounds: int = 6, runs: int = 10) -> list[float]:
+    """p50 per model, measured in turns: a burst of other load on the machine then slows every
+    candidate alike instead of deciding which one looks fastest."""
+    detectors = [_detector(path, runtime) for path in paths]
+    samples: list[list[float]] = [[] for _ in paths]
+    for _ in range(rounds):
+        for detector, times in zip(detectors, samples, strict=True):
+            times.extend(time_inference(detector, runs))
+    return [float(np.median(times) * 1000) for times in samples]
+
+
+def _candidates(runtime: Runtime, model: Path, images: list[Path], workdir: Path, method: str,
+                only: list[str] | None):
+    if runtime == "onnxruntime":
+        return ort_backend.candidates(model, images, workdir, method, only)
+    from cloud.quantize import openvino as ov_backend
+
+    return ov_backend.candidates(model, images, workdir, method, only)
+
+
+def _copy_model(source: Path, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, out)
+    if source.suffix == ".xml":  # an OpenVINO IR is two files
+        shutil.copyfile(source.with_suffix(".bin"), out.with_suffix(".bin"))
+
+
+def quantize_model(model: Path, out: Path, *, runtime: Runtime = "onnxruntime", labels: Path | None = None,
+                   images_root: Path | None = None, calib: Path | None = None, data: Path | None = None,
+                   split: str = "test", settings: GateSettings | None = None, method: str = "minmax",
+                   calib_limit: int = 200, only: list[str] | None = None) -> dict:
+    settings = settings or GateSettings()
+    if runtime not in SUFFIX:
+        raise QuantizationError(f"runtime {runtime!r} is not one of {', '.join(SUFFIX)}")
+    if out.suffix != SUFFIX[runtime]:
+        raise QuantizationError(f"an INT8 model for {runtime} is a {SUFFIX[runtime]} file, not {out.name}")
+    card_file = card_path_for(model)
+    card = ModelCard.read(card_file) if card_file.is_file() else None
+    images = calibration_images(card, labels, images_root, calib, calib_limit)
+    with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
+        workdir = Path(tmp)
+        gate = gate_data(card, labels, images_root, data, split, workdir)
+        fp32 = Measured(evaluate(model, gate.data_yaml, gate.split), latency_ms=latency_ms(model, "onnxruntime"))
+        reference = reference_detections(Detector(model), gate.images)
+        log.info("FP32: mAP50 %.4f  mAP50-95 %.4f  latency %.1f ms on %s", fp32.accuracy.map50,
+                 fp32.accuracy.map50_95, fp32.latency_ms, gate.source)
+        tried = []
+        for name, path, float_nodes in _candidates(runtime, model, images, workdir, method, only):
+            measured = Measured(evaluate(path, gate.data_yaml, gate.split, runtime=runtime),
+                                fidelity(_detector(path, runtime), reference, settings), latency_ms(path, runtime))
+            measured.failures = failures(fp32.accuracy, measured, settings)
+            tried.append(Candidate(name, path, float_nodes, measured))
+            log.info("candidate %-22s float nodes %3d  latency %.1f ms  mAP50 %.4f  alerts %d/%d  %s", name,
+                     len(float_nodes), measured.latency_ms, measured.accuracy.map50, measured.fidelity.found,
+                     measured.fidelity.fp32_alerts, "passes" if measured.passed else "; ".join(measured.failures))
+        passing = [c for c in tried if c.measured.passed]
+        if not passing:
+            best = max(tried, key=lambda c: c.measured.accuracy.map50)
+            raise QuantizationError(f"refused: no INT8 candidate passes the gate on {gate.source}; the most accurate "
+                                    f"({best.name}): {'; '.join(best.measured.failures)}. {out} not written")
+        for candidate, ms in zip(passing, interleaved_latency_ms([c.path for c in passing], runtime), strict=True):
+            candidate.measured.latency_ms = ms
+        chosen = min(passing, key=lambda c: c.measured.latency_ms)
+        report = _report(runtime, chosen, fp32, tried, settings, gate.source, method, len(images), calib)
+        card = _card(model, card, chosen.path, out.name, report)  # refuses a model that fails its self-test
+        _copy_model(chosen.path, out)
+        card.write(card_path_for(out))
+    return report
+
+
+def _report(runtime: Runtime, chosen: Candidate, fp32: Measured, tried: list[Candidate], settings: GateSettings,
+            photos: str, method: str, calib_images: int, calib: Path | None) -> dict:
+    return {
+        "runtime": runtime, "chosen": chosen.name, "float_nodes": chosen.float_nodes,
+        "fp32": fp32.to_dict(), "int8": chosen.measured.to_dict(),
+        "candidates": [{"name": c.name, "float_nodes": len(c.float_nodes), **c.measured.to_dict()} for c in tried],
+        "gate": {**settings.model_dump(), "photos": photos},
+        "calibration": {"method": method, "images": calib_images, "source": str(calib) if calib else
+                        "the FP32 model's training photos"},
+    }
+
+
+def _card(model: Path, fp32_card: ModelCard | None, int8: Path, out_name: str, report: dict) -> ModelCard:
+    """The INT8 card: the FP32 card's provenance, `heldout` the INT8 figures and `heldout_fp32`
+    the FP32 ones beside them (both measured here, through the gate), and a self-test."""
+    if fp32_card is not None:
+        base = fp32_card.model_dump(exclude={"self_test"})
+    else:
+        info = Detector(model).info
+        base = {"name": model.stem, "created": "", "class_names": list(info.class_names),
+                "input_size": list(info.input_size)}
+    strip = ("latency_ms", "fidelity", "failures")
+    metrics = {f"{k}_fp32": v for k, v in (base.get("metrics") or {}).items()}  # the FP32 model's, named so
+    metrics.update({"heldout": {k: v for k, v in report["int8"].items() if k not in strip},
+                    "heldout_fp32": {k: v for k, v in report["fp32"].items() if k not in strip},
+                    "fidelity": report["int8"]["fidelity"],
+                    "latency_ms": {"fp32": report["fp32"]["latency_ms"], "int8": report["int8"]["latency_ms"]}})
+    quantization = {k: v for k, v in report.items() if k not in ("fp32", "int8")}
+    quantization.update({"fp32_model": model.name, "fp32_model_sha256": file_sha256(model),
+                         "format": ort_backend.FORMAT if report["runtime"] == "onnxruntime" else
+                         "OpenVINO IR, NNCF post-training quantization"})
+    detector = _detector(int8, report["runtime"])
+    card = ModelCard(**{**base, "name": Path(out_name).stem, "model_file": out_name, "model_sha256": detector.info.sha256,
+                        "precision": "int8", "metrics": metrics, "quantization": quantization})
+    if fp32_card is not None and fp32_card.self_test is not None:
+        frames = [(f.name, base64.b64decode(f.jpeg_base64)) for f in fp32_card.self_test.frames]
+        card.self_test = make_self_test(Detector(model), frames)
+        result = run_self_test(detector, card.self_test)
+        if not result.passed:  # the gate passed on the held-out photos; the reference frames must agree
+            raise QuantizationError(f"refused: {out_name} fails its own self-test here: {result.summary()}")
+    return card

@@ -29,7 +29,7 @@ def markdown(results: dict) -> str:
              "| peak MB | GOPs (int8+float) | bound ms | p50 / bound | self-test | mAP50 | mAP50-95 |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in results["setups"]:
-        b, st, d = s["session"], s["stages"], s["daemon"]
+        b, st, d = s["session"], s["stages"], s["daemon"] or {"fps": "not run", "peak_rss_mb": "-"}
         lines.append(
             f"| {s['name']} | {s['precision']} | {s['input']} | {b['p50']} / {b['p90']} / {b['p99']} "
             f"| {st['preprocess']['p50']} / {st['inference']['p50']} / {st['postprocess']['p50']} | {d['fps']} "
@@ -49,6 +49,10 @@ def markdown(results: dict) -> str:
     lines += ["", "| target | measured | limit | met | |", "|---|---|---|---|---|"]
     lines += [f"| {t['target']} | {t['value']} | {t['limit']} | {'yes' if t['met'] else 'NO'} | {t['note']} |"
               for t in results["targets"]]
+    refused = [(s["name"], "; ".join(s["not_recommended_because"])) for s in results["setups"]
+               if s.get("not_recommended_because")]
+    if refused:
+        lines += ["", "Not recommended here:", *[f"- {name}: {why}" for name, why in refused]]
     lines += ["", recommendation_text(results)]
     return "\n".join(lines) + "\n"
 
@@ -78,7 +82,7 @@ def chart(results: dict, path: Path) -> None:
     left.set_ylabel("ms per frame")
     left.legend()
     right.bar(x - 0.2, [s["session"]["fps"] for s in setups], 0.4, label="bare inference")
-    right.bar(x + 0.2, [s["daemon"]["fps"] for s in setups], 0.4, label="daemon end to end")
+    right.bar(x + 0.2, [(s["daemon"] or {}).get("fps", 0) for s in setups], 0.4, label="daemon end to end")
     for key, peer in (results.get("peers") or {}).items():
         if peer.get("fps"):
             right.axhline(peer["fps"], linestyle="--", linewidth=1, color="grey" if key == "torch" else "black",

@@ -12,6 +12,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.flops import model_ops
 from device.model_card import ModelCard, card_path_for
 
 RUNTIMES = ("onnxruntime", "openvino")
@@ -21,16 +22,11 @@ RUNTIMES = ("onnxruntime", "openvino")
 class Setup:
     model: Path
     runtime: str
-    precision: str  # fp32 | int8, from the model card
-    input_size: tuple[int, int]  # height, width
+    precision: str  # int8 when the graph holds any 8-bit arithmetic, else fp32 (never taken on trust)
 
     @property
     def name(self) -> str:
         return f"{self.model.name} @ {self.runtime}"
-
-    @property
-    def shape(self) -> str:
-        return f"{self.input_size[1]}x{self.input_size[0]}"
 
 
 def available_runtimes() -> list[str]:
@@ -45,11 +41,9 @@ def _card(model: Path) -> ModelCard | None:
 def setups_for(models: list[Path], runtimes: list[str]) -> list[Setup]:
     out = []
     for model in models:
-        card = _card(model)
-        precision = card.precision if card else "fp32"
-        size = tuple(card.input_size) if card else (0, 0)
+        precision = "int8" if model_ops(model).int8 > 0 else "fp32"
         wanted = ["openvino"] if model.suffix == ".xml" else list(RUNTIMES)
-        out += [Setup(model, runtime, precision, size) for runtime in wanted if runtime in runtimes]
+        out += [Setup(model, runtime, precision) for runtime in wanted if runtime in runtimes]
     return out
 
 

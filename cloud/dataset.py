@@ -103,7 +103,7 @@ def yolo_label_lines(record: LabelRecord) -> list[str]:
     return lines
 
 
-def _image_inside(images_root: Path, source_ref: str) -> Path:
+def image_inside(images_root: Path, source_ref: str) -> Path:
     root = images_root.resolve()
     path = (root / safe_relative_path(source_ref)).resolve()
     if root not in path.parents:
@@ -130,7 +130,7 @@ def write_yolo_dataset(
         (out_dir / "images" / name).mkdir(parents=True, exist_ok=True)
         (out_dir / "labels" / name).mkdir(parents=True, exist_ok=True)
         for record in records:
-            source = _image_inside(images_root, record.source_ref)
+            source = image_inside(images_root, record.source_ref)
             if source.name in seen:
                 raise LabelTableError(f"{record.source_ref!r} and {seen[source.name]!r} share a file name")
             seen[source.name] = record.source_ref

@@ -13,7 +13,6 @@ measured here through the device detector, and a self-test on the source card's 
 
 from __future__ import annotations
 
-import base64
 import math
 import os
 import re
@@ -26,6 +25,7 @@ from pathlib import Path
 from cloud.checkpoint import RecoveredCheckpoint, checkpoint_from_onnx
 from cloud.evaluation import EvalResult, evaluate
 from cloud.heldout import HELDOUT, heldout_dataset
+from cloud.quantize.gate import GateSettings
 from device.detector import Detector, file_sha256
 from device.model_card import ModelCard, card_path_for, package_versions, write_self_test
 
@@ -97,24 +97,54 @@ def _ultralytics_export(checkpoint: RecoveredCheckpoint, imgsz: tuple[int, int])
     return Path(exported)
 
 
+def _frame_file_names(card: ModelCard) -> list[str]:
+    """The file each of the card's self-test frames is written to. The new card names its frames
+    after these files: a name without one, or two frames with the same one, would lose a frame
+    (or write outside the folder), and the new self-test would not be the source's."""
+    names = [Path(frame.name).name for frame in card.self_test.frames]
+    bad = [frame.name for frame, name in zip(card.self_test.frames, names, strict=True) if name in ("", ".", "..")]
+    if bad:
+        raise ExportError(f"model card {card.name!r}: self-test frame name {bad[0]!r} is not a file name")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ExportError(f"model card {card.name!r}: self-test frames share a file name: {', '.join(repeated)}")
+    return names
+
+
 def _reference_frames(card: ModelCard, folder: Path) -> list[Path]:
-    """The source card's self-test frames, as files (their sha256-checked bytes), so the new model's
-    self-test runs on exactly the frames the source's does."""
+    """The source card's self-test frames, as files, so the new model's self-test runs on exactly
+    the frames the source's does: each frame's bytes are checked against its sha256."""
     if card.self_test is None:
         raise ExportError(f"model card {card.name!r} has no self-test: its reference frames are the new card's")
     folder.mkdir(parents=True, exist_ok=True)
     frames = []
-    for frame in card.self_test.frames:
-        frame.image()  # checks the bytes against the frame's sha256
-        path = folder / Path(frame.name).name
-        path.write_bytes(base64.b64decode(frame.jpeg_base64))
+    for frame, name in zip(card.self_test.frames, _frame_file_names(card), strict=True):
+        try:
+            data = frame.jpeg()
+        except ValueError as exc:  # the bytes do not match the sha256: a damaged card
+            raise ExportError(f"model card {card.name!r}: {exc}") from None
+        path = folder / name
+        path.write_bytes(data)
         frames.append(path)
     return frames
 
 
+def check_heldout(heldout: EvalResult, heldout_source: EvalResult, gate: GateSettings | None = None) -> None:
+    """The export is the same network at another input size: it may not lose held-out accuracy
+    beyond what the INT8 gate allows a quantized model (cloud.quantize.gate.GateSettings)."""
+    gate = gate or GateSettings()
+    limits = [("mAP50", heldout.map50, heldout_source.map50, gate.max_drop),
+              ("mAP50-95", heldout.map50_95, heldout_source.map50_95, gate.max_drop_map50_95)]
+    losses = [f"{name} {new:.4f} vs {old:.4f} (a drop of {old - new:.4f}, at most {limit} allowed)"
+              for name, new, old, limit in limits if limit is not None and old - new > limit]
+    if losses:
+        raise ExportError(f"refused: the export loses held-out accuracy against its source ({'; '.join(losses)}, "
+                          f"{heldout.images} photos): nothing written")
+
+
 def _gflops(model: Path) -> float | None:
     try:  # the benchmark's own count, so the figures agree with it; only a report figure: optional
-        from benchmarks.bench import count_flops
+        from benchmarks.flops import count_flops  # not benchmarks.bench, which pulls in the demo
     except ImportError:
         return None
     return round(count_flops(model) / 1e9, 3)
@@ -180,6 +210,7 @@ def export_for_camera(source: str | Path, out: str | Path, labels: str | Path, *
     model_yaml = model_yaml or (source_card.training or {}).get("model_yaml") or "yolov8n.yaml"
     with tempfile.TemporaryDirectory(prefix="edge-inspect-export-") as tmp:
         workdir = Path(tmp)
+        frames = _reference_frames(source_card, workdir / "self-test")  # a damaged card fails before any work
         # The checkpoint is named after the output: Ultralytics writes its ONNX beside it, under its stem,
         # and the card written beside that ONNX must already carry the output's name.
         checkpoint = checkpoint_from_onnx(source, workdir / f"{out.stem}.pt", model_yaml)
@@ -194,9 +225,10 @@ def export_for_camera(source: str | Path, out: str | Path, labels: str | Path, *
                                     Path(images_root) if images_root else None)
         heldout = evaluate(exported, data_yaml, split=HELDOUT)
         heldout_source = evaluate(source, data_yaml, split=HELDOUT)
+        check_heldout(heldout, heldout_source)
         card = _new_card(source, source_card, exported, imgsz, checkpoint.opset, heldout, heldout_source, command)
         card.write(card_path_for(exported))
-        write_self_test(exported, exported, _reference_frames(source_card, workdir / "self-test"))
+        write_self_test(exported, exported, frames)
         gflops, gflops_source = _gflops(exported), _gflops(source)
         out.parent.mkdir(parents=True, exist_ok=True)
         # Card first, model last: whoever watches the folder never sees the model without its card.

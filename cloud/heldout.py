@@ -9,10 +9,11 @@ epoch; the weights never learned from them, so they count as held out too.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from cloud.dataset import DatasetSplit, write_yolo_dataset
-from cloud.label_table import LabelTableError, approved, read_label_csv, table_fingerprint
+from cloud.label_table import LabelRecord, LabelTableError, approved, read_label_csv, table_fingerprint
 from device.model_card import ModelCard
 
 HELDOUT = "heldout"
@@ -22,18 +23,32 @@ class HeldoutError(ValueError):
     pass
 
 
-def heldout_split(card: ModelCard, labels_csv: Path) -> DatasetSplit:
-    """The approved records of `labels_csv` whose photo is not in the card's training photos."""
-    photos = ((card.data or {}).get("photos") or {})
-    if "train" not in photos:
+@dataclass(frozen=True)
+class PhotoSplit:
+    """The approved records of a label table, by whether the card's model trained on their photo."""
+
+    trained: list[LabelRecord]
+    heldout: list[LabelRecord]
+    table_sha256: str
+
+
+def split_by_training(card: ModelCard, labels_csv: Path) -> PhotoSplit:
+    photos = (card.data or {}).get("photos") or {}
+    if not photos.get("train"):
         raise HeldoutError(f"model card {card.name!r} does not list its training photos (data.photos.train): "
                            "which photos are held out cannot be known")
     trained = set(photos["train"])
     records = approved(read_label_csv(labels_csv))
-    kept = [r for r in records if r.photo_id not in trained]
-    if not kept:
+    return PhotoSplit([r for r in records if r.photo_id in trained], [r for r in records if r.photo_id not in trained],
+                      table_fingerprint(records))
+
+
+def heldout_split(card: ModelCard, labels_csv: Path) -> DatasetSplit:
+    """The approved records of `labels_csv` whose photo is not in the card's training photos."""
+    split = split_by_training(card, labels_csv)
+    if not split.heldout:
         raise HeldoutError(f"every approved photo in {labels_csv} is in {card.name!r}'s training split")
-    return DatasetSplit(records={HELDOUT: kept}, table_sha256=table_fingerprint(records))
+    return DatasetSplit(records={HELDOUT: split.heldout}, table_sha256=split.table_sha256)
 
 
 def heldout_dataset(card: ModelCard, labels_csv: Path, out_dir: Path, images_root: Path | None = None) -> Path:

@@ -186,7 +186,7 @@ def run_training(settings: TrainSettings, out: str | Path, fresh: bool = False) 
     log.info("dataset: %s", json.dumps(split.summary()["images"]))
 
     if state.get("phase") not in ("trained", "exported"):
-        state = {"settings": settings.comparable(), "phase": "training", "command": _command()}
+        state = {"settings": settings.comparable(), "phase": "training", "command": command_line()}
         _save_state(out, state)
         best = _train(settings, data_yaml, out, resume=not fresh and (out / RUN_SUBDIR).is_dir())
         state["phase"] = "trained"
@@ -217,12 +217,12 @@ def run_training(settings: TrainSettings, out: str | Path, fresh: bool = False) 
             "curve": read_curve(out / RUN_SUBDIR / "results.csv"),
         },
         packages=package_versions(),
-        command=state.get("command") or _command(),
+        command=state.get("command") or command_line(),
     )
     card.write(card_path_for(model_path))
     return card
 
 
-def _command() -> str:
+def command_line() -> str:
     return shlex.join(["edge-inspect", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("edge-inspect") \
         else shlex.join([sys.executable, *sys.argv])

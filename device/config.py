@@ -11,7 +11,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from device.bundled import bundled_model_path
 from device.redact import redact, remember_secrets, secrets_in, secrets_in_text
+from device.runtimes import RuntimeName, is_ir, resolve_runtime
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # safe in MQTT topics and file names
 
@@ -87,14 +89,6 @@ RuntimeChoice = Literal["onnxruntime", "openvino", "auto"]
 ORT_ONLY_SETTINGS = ("providers", "graph_optimization", "execution_mode", "spinning")
 
 
-def resolve_runtime(choice: str, model_path: Path) -> Literal["onnxruntime", "openvino"]:
-    """`auto`: OpenVINO for an OpenVINO IR (`.xml`), which only it reads; ONNX Runtime for an
-    `.onnx`, as before OpenVINO was an option (it is always installed)."""
-    if choice == "auto":
-        return "openvino" if Path(model_path).suffix.lower() == ".xml" else "onnxruntime"
-    return "openvino" if choice == "openvino" else "onnxruntime"
-
-
 class ModelConfig(Strict):
     path: Path | None = Field(None, description="ONNX model (.onnx), or OpenVINO IR (.xml with its .bin beside it); "
                                                 "default: the bundled model")
@@ -107,26 +101,41 @@ class ModelConfig(Strict):
                                                        "an .onnx; decided per file (path and fallback_path)")
     threads: int | None = Field(None, ge=1, le=256, description="inference threads (onnxruntime intra-op, "
                                                                 "openvino INFERENCE_NUM_THREADS); default: physical cores")
-    # onnxruntime only (refused with runtime openvino)
+    # onnxruntime only (refused when a model file runs on openvino)
     providers: list[str] = ["CPUExecutionProvider"]
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     execution_mode: Literal["sequential", "parallel"] = "sequential"
     spinning: bool = Field(True, description="let idle inference threads spin (lower latency, more CPU)")
 
-    def runtime_for(self, model_path: Path) -> Literal["onnxruntime", "openvino"]:
+    def runtime_for(self, model_path: Path) -> RuntimeName:
         return resolve_runtime(self.runtime, model_path)
+
+    def served_files(self) -> list[Path]:
+        """The model files the daemon may serve: path (none given: the bundled model, which
+        EDGE_INSPECT_MODEL may point to an IR) and fallback_path."""
+        return [self.path or bundled_model_path(), *([self.fallback_path] if self.fallback_path else [])]
 
     @model_validator(mode="after")
     def _runtime_fits(self) -> ModelConfig:
-        files = [p for p in (self.path, self.fallback_path) if p is not None]
-        irs = [str(p) for p in files if self.runtime_for(p) == "onnxruntime" and p.suffix.lower() == ".xml"]
+        files = self.served_files()
+        irs = [str(p) for p in files if is_ir(p) and self.runtime_for(p) == "onnxruntime"]
         if irs:
             raise ValueError(f"{irs[0]} is an OpenVINO IR, which onnxruntime cannot read: set runtime to openvino or auto")
-        ort_only = sorted(self.model_fields_set & set(ORT_ONLY_SETTINGS))
-        if self.runtime == "openvino" and ort_only:
-            raise ValueError(f"{', '.join(ort_only)}: onnxruntime settings, and runtime is openvino "
-                             "(remove them, or give threads only)")
+        self._refuse_ort_only_settings(files)
         return self
+
+    def _refuse_ort_only_settings(self, files: list[Path]) -> None:
+        """OpenVINO has no counterpart to ONNX Runtime's providers, graph optimization, execution
+        mode or spinning: it would ignore them without a word, and a config that says
+        `spinning: false` (to leave the cameras their CPU) would not do what it says. So they are
+        refused whenever a file would run on OpenVINO, including the one `auto` picks for an IR."""
+        given = sorted(self.model_fields_set & set(ORT_ONLY_SETTINGS))
+        on_openvino = [p for p in files if self.runtime_for(p) == "openvino"]
+        if not given or not on_openvino:
+            return
+        why = "runtime is openvino" if self.runtime == "openvino" else "runtime auto runs an .xml IR on openvino"
+        raise ValueError(f"{', '.join(given)}: onnxruntime-only settings, but {on_openvino[0]} runs on openvino "
+                         f"({why}), which would ignore them: remove them (threads applies to both runtimes)")
 
 
 class ClassRule(Strict):

@@ -9,11 +9,14 @@ import os
 import platform
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
 from device.self_test import SelfTestSpec
+
+if TYPE_CHECKING:
+    from device.detector import Detector
 
 CARD_SUFFIX = ".card.json"
 TRACKED_PACKAGES = ("edge-inspect", "ultralytics", "torch", "torchvision", "onnx", "onnxruntime",
@@ -67,10 +70,13 @@ def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str
 MAX_REFERENCE_FRAME_BYTES = 512 * 1024  # the frames travel inside the card: keep it small
 
 
-def write_self_test(model_path: Path, reference_path: Path, frames: list[Path]) -> ModelCard:
+def write_self_test(model_path: Path, reference_path: Path, frames: list[Path], runtime: str = "auto") -> ModelCard:
     """Put a self-test into the card of `model_path`: `frames` with the detections of the FP32
-    `reference_path` model on them (the model itself, for an FP32 model)."""
+    `reference_path` model on them (the model itself, for an FP32 model). The reference runs on
+    its own file's runtime (auto: an IR on OpenVINO, an .onnx on ONNX Runtime); the model runs on
+    `runtime` (auto: by its file) and must pass the new self-test here, or the card is not changed."""
     from device.detector import Detector, ModelError
+    from device.runtimes import resolve_runtime
     from device.self_test import make_self_test
 
     card_file = card_path_for(model_path)
@@ -82,6 +88,22 @@ def write_self_test(model_path: Path, reference_path: Path, frames: list[Path]) 
             raise ModelError(f"{frame}: not a file of at most {MAX_REFERENCE_FRAME_BYTES} bytes")
         images.append((frame.name, frame.read_bytes()))
     card = ModelCard.read(card_file)
-    card.self_test = make_self_test(Detector(reference_path), images)
+    reference = Detector(reference_path, runtime=resolve_runtime("auto", reference_path))
+    card.self_test = make_self_test(reference, images)
+    _require_passing(model_path, resolve_runtime(runtime, model_path), reference, card.self_test)
     card.write(card_file)
     return card
+
+
+def _require_passing(model_path: Path, runtime: str, reference: Detector, spec: SelfTestSpec) -> None:
+    """The model passes the self-test just made, on `runtime`: a card whose self-test its own model
+    fails here would have every load of it refused."""
+    from device.detector import Detector, ModelError
+    from device.self_test import run_self_test
+
+    if Path(model_path).resolve() == reference.info.path.resolve() and runtime == reference.info.runtime:
+        return  # the very same computation as the reference's: nothing to compare
+    result = run_self_test(Detector(model_path, runtime=runtime), spec)
+    if not result.passed:
+        raise ModelError(f"{Path(model_path).name} fails the new self-test on {runtime} here "
+                         f"({result.summary()}): its card is unchanged")

@@ -45,11 +45,15 @@ class ReferenceFrame(BaseModel):
     jpeg_base64: str
     detections: list[ReferenceBox]
 
-    def image(self) -> np.ndarray:
+    def jpeg(self) -> bytes:
+        """The frame's bytes, checked against its sha256."""
         data = base64.b64decode(self.jpeg_base64)
         if hashlib.sha256(data).hexdigest() != self.sha256:
             raise ValueError(f"reference frame {self.name}: its bytes do not match its sha256")
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        return data
+
+    def image(self) -> np.ndarray:
+        image = cv2.imdecode(np.frombuffer(self.jpeg(), np.uint8), cv2.IMREAD_COLOR)
         if image is None:
             raise ValueError(f"reference frame {self.name} does not decode")
         return image

@@ -120,6 +120,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: the runtime's)")
     p.add_argument("--video-seconds", type=float, default=30.0, help="length of the daemon's test video")
     p.add_argument("--no-peers", action="store_true", help="skip the Ultralytics comparisons")
+    p.add_argument("--memory-budget-mb", type=float, default=200.0,
+                   help="recommend only setups whose daemon peak memory fits (default 200)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -129,7 +131,9 @@ def _add_self_test(sub: argparse._SubParsersAction) -> None:
     _add_runtime(p)
     p.add_argument("--write", action="store_true", help="(re)write the card's self-test instead of running it")
     p.add_argument("--reference", type=Path, default=None,
-                   help="with --write: the FP32 model whose detections are the reference (default: MODEL)")
+                   help="with --write: the FP32 model whose detections are the reference (default: MODEL), "
+                        "run on its own file's runtime (.xml: openvino, .onnx: onnxruntime); MODEL then runs "
+                        "on --runtime and must pass the new self-test")
     p.add_argument("--frames", type=Path, nargs="+", default=[], help="with --write: the reference frames (JPEG)")
     p.set_defaults(func=cmd_self_test)
 
@@ -244,7 +248,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise CliError("no model to measure: pass --model")
     results = run_benchmark(models, args.out, runs=args.runs, threads=args.threads, video_seconds=args.video_seconds,
                             labels=args.labels, data=args.data, split=args.split, runtimes=args.runtime,
-                            with_peers=not args.no_peers)
+                            with_peers=not args.no_peers, memory_budget_mb=args.memory_budget_mb)
     print(markdown(results))
     return 0
 
@@ -259,7 +263,8 @@ def cmd_self_test(args: argparse.Namespace) -> int:
     if args.write:
         if not args.frames:
             raise CliError("--write needs --frames IMAGE...")
-        card = write_self_test(args.model, args.reference or args.model, args.frames)
+        # the reference runs on its own file's runtime; the model on --runtime, and must pass
+        card = write_self_test(args.model, args.reference or args.model, args.frames, args.runtime)
         boxes = sum(len(f.detections) for f in card.self_test.frames)
         print(f"wrote the self-test of {args.model.name}: {len(card.self_test.frames)} frames, {boxes} reference boxes")
         return 0
@@ -273,14 +278,14 @@ def cmd_self_test(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from cloud.export import export_for_camera, parse_frame_size
-    from cloud.training import _command
+    from cloud.training import command_line
     from edge_inspect.paths import METAL_TAGS_DIR
 
     result = export_for_camera(
         args.model, args.out, args.labels or METAL_TAGS_DIR / "labels.csv",
         frame_size=parse_frame_size(args.frame_size) if args.frame_size is not None else None,
         imgsz=tuple(args.imgsz) if args.imgsz else None, images_root=args.images_root,
-        model_yaml=args.model_yaml, command=_command())
+        model_yaml=args.model_yaml, command=command_line())
     print(result.line())
     return 0
 

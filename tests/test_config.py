@@ -106,3 +106,47 @@ def test_every_numeric_setting_has_a_sane_range():
     assert len(fields) > 40, "the walk found too few settings: it is broken"
     unbounded = [name for name, lower, upper in fields if not (lower and upper)]
     assert unbounded == [], f"settings without a lower and an upper bound: {unbounded}"
+
+
+# --- ONNX Runtime-only model settings, on a file that runs on OpenVINO -------------------------
+
+@pytest.mark.parametrize("model,refused,why", [
+    ({"path": "line/model.xml", "spinning": False}, "spinning", "runtime auto runs an .xml IR on openvino"),
+    ({"path": "line/model.XML", "graph_optimization": "basic", "execution_mode": "parallel"},
+     "execution_mode, graph_optimization", "runtime auto runs an .xml IR on openvino"),
+    ({"path": "line/int8.onnx", "fallback_path": "line/fp32.xml", "providers": ["CPUExecutionProvider"]},
+     "providers", "runtime auto runs an .xml IR on openvino"),
+    ({"runtime": "openvino", "path": "line/model.onnx", "spinning": True}, "spinning", "runtime is openvino"),
+])
+def test_onnxruntime_settings_are_refused_for_a_file_that_runs_on_openvino(model, refused, why):
+    """OpenVINO would ignore them without a word: `auto` on an IR is no exception."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(merge_config(GOOD, {"model": model}))
+    message = str(info.value)
+    assert f"model: Value error, {refused}: onnxruntime-only settings, but line/" in message
+    assert f"runs on openvino ({why}), which would ignore them" in message
+
+
+@pytest.mark.parametrize("model", [
+    {"path": "line/model.onnx", "spinning": False, "providers": ["CPUExecutionProvider"]},  # auto: onnxruntime
+    {"path": "line/model.xml", "threads": 2},  # threads apply to both runtimes
+    {"path": "line/model.xml", "fallback_path": "line/fp32.onnx"},
+    {"spinning": False},  # the bundled .onnx, on onnxruntime
+])
+def test_settings_that_apply_are_accepted(model):
+    assert parse_config(merge_config(GOOD, {"model": model})).model.model_fields_set == set(model)
+
+
+def test_an_ir_named_by_edge_inspect_model_counts_as_the_served_file(monkeypatch):
+    monkeypatch.setenv("EDGE_INSPECT_MODEL", "line/model.xml")
+    with pytest.raises(ConfigError, match="spinning: onnxruntime-only settings, but line/model.xml runs on openvino"):
+        parse_config(merge_config(GOOD, {"model": {"spinning": False}}))
+
+
+def test_one_rule_decides_the_runtime():
+    """The config and the runtimes agree on what an IR is: one function, not two copies."""
+    from device import config, runtimes
+
+    assert config.resolve_runtime is runtimes.resolve_runtime
+    assert runtimes.resolve_runtime("auto", "m.XML") == "openvino" == runtimes.resolve_runtime("openvino", "m.onnx")
+    assert runtimes.resolve_runtime("auto", "m.onnx") == "onnxruntime"

@@ -10,6 +10,10 @@ model on the 6 self-test frames, worst IoU 0.993.
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +24,8 @@ from daemon_helpers import DaemonProcess, scratch_video, write_config
 from mosquitto import Subscriber
 
 from cloud.checkpoint import CheckpointError, checkpoint_from_onnx
-from cloud.export import ExportError, camera_imgsz, parse_frame_size
+from cloud.evaluation import EvalResult
+from cloud.export import ExportError, camera_imgsz, check_heldout, parse_frame_size
 from device.detector import Detector, file_sha256
 from device.events import box_iou
 from device.images import read_image
@@ -101,7 +106,25 @@ def test_the_camera_export_has_its_shape_provenance_and_self_test(camera_model):
     assert heldout["map50"] >= heldout_source["map50"] - 0.01, "the camera shape must not cost accuracy"
     assert [f.name for f in card.self_test.frames] == [f.name for f in source.self_test.frames]
     assert card.self_test.reference_model_sha256 == card.model_sha256
-    assert self_test(detector).passed
+
+
+def test_the_camera_export_self_test_reference_agrees_with_the_source_fp32_model(camera_model):
+    """The export's self-test reference is its own detections, so it passes on the machine that
+    made it whatever the export did: what it must agree with is the source FP32 model. Every box
+    either scores at `strong` has its twin on the other side (same class, IoU >= 0.9, scoring at
+    least `weak` there)."""
+    spec = ModelCard.read(card_path_for(camera_model)).self_test
+    source = Detector(SQUARE)
+    strong_boxes = 0
+    for frame in spec.frames:
+        found = source.detect(frame.image(), conf=spec.weak)
+        for boxes, others, side in ((frame.detections, found, "export"), (found, frame.detections, "source")):
+            for box in (b for b in boxes if b.confidence >= spec.strong):
+                twin = max((box_iou(tuple(box.box), tuple(o.box)) for o in others if o.class_id == box.class_id
+                            and o.confidence >= spec.weak), default=0.0)
+                assert twin >= SAME_DEFECT_IOU, f"{frame.name}: {side} box {box} has no twin (best IoU {twin:.3f})"
+                strong_boxes += 1
+    assert strong_boxes >= 2 * 9, "too few boxes for the comparison to mean anything"
 
 
 def test_the_camera_export_finds_the_same_defects_as_the_square_model(camera_model):
@@ -206,3 +229,92 @@ def test_the_card_of_the_camera_export_is_valid_json_schema(camera_model):
 
     schema = json.loads((REPO / "device" / "schemas" / "model-card.schema.json").read_text())
     jsonschema.validate(json.loads(card_path_for(camera_model).read_text()), schema)
+
+
+# --- what the export refuses -------------------------------------------------------------------
+
+def heldout(map50: float, map50_95: float) -> EvalResult:
+    return EvalResult(map50=map50, map50_95=map50_95, precision=0.9, recall=0.9, images=54, instances=92)
+
+
+@pytest.mark.parametrize(("new", "refused"), [
+    (heldout(0.889, 0.60), "mAP50 0.8890 vs 0.9000 (a drop of 0.0110, at most 0.01 allowed)"),
+    (heldout(0.900, 0.579), "mAP50-95 0.5790 vs 0.6000 (a drop of 0.0210, at most 0.02 allowed)"),
+])
+def test_an_export_that_loses_heldout_accuracy_is_refused(new, refused):
+    with pytest.raises(ExportError, match="refused: the export loses held-out accuracy") as raised:
+        check_heldout(new, heldout(0.9, 0.6))
+    assert refused in str(raised.value)
+    check_heldout(heldout(0.891, 0.581), heldout(0.9, 0.6))  # within the gate's allowance
+    check_heldout(heldout(0.95, 0.7), heldout(0.9, 0.6))
+
+
+def test_the_export_cli_writes_nothing_when_accuracy_drops(tmp_path, monkeypatch, capsys):
+    """Ultralytics' export stands in for the shipped camera model (the same export); the exported
+    model's held-out mAP50 comes out 0.02 below the source's."""
+    import cloud.export
+
+    def ultralytics_export(checkpoint, imgsz):
+        return Path(shutil.copy(SHIPPED_CAMERA, checkpoint.path.with_suffix(".onnx")))
+
+    def evaluate(model, data_yaml, split):
+        return heldout(0.9, 0.6) if Path(model) == SQUARE else heldout(0.88, 0.6)
+
+    monkeypatch.setattr(cloud.export, "_ultralytics_export", ultralytics_export)
+    monkeypatch.setattr(cloud.export, "evaluate", evaluate)
+    out = tmp_path / "out" / "camera.onnx"
+    assert main(["export", str(SQUARE), "--frame-size", "450x300", "--out", str(out)]) == 2
+    assert "mAP50 0.8800 vs 0.9000 (a drop of 0.0200, at most 0.01 allowed)" in capsys.readouterr().err
+    assert not out.parent.exists()
+
+
+def source_with_frames(folder: Path, change) -> Path:
+    """A copy of the square model whose card's self-test frames `change` altered."""
+    folder.mkdir()
+    model = Path(shutil.copy(SQUARE, folder / SQUARE.name))
+    card = json.loads(card_path_for(SQUARE).read_text())
+    change(card["self_test"]["frames"])
+    card_path_for(model).write_text(json.dumps(card))
+    return model
+
+
+def _damage(frames):
+    frames[1]["sha256"] = "0" * 64
+
+
+def _repeat(frames):
+    frames[2]["name"] = "elsewhere/" + frames[0]["name"]
+
+
+def _no_name(frames):
+    frames[3]["name"] = ""
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (_damage, r"model card '.*': reference frame image-.*: its bytes do not match its sha256"),
+    (_repeat, r"self-test frames share a file name: image-"),
+    (_no_name, r"self-test frame name '' is not a file name"),
+])
+def test_reference_frames_that_cannot_be_trusted_are_refused(tmp_path, capsys, change, message):
+    source = source_with_frames(tmp_path / "source", change)
+    out = tmp_path / "out" / "camera.onnx"
+    assert main(["export", str(source), "--frame-size", "450x300", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err, err
+    assert not out.parent.exists()
+
+
+def test_counting_flops_does_not_pull_in_the_benchmark_or_the_demo():
+    code = ("import sys; from pathlib import Path; import cloud.export; "
+            f"assert cloud.export._gflops(Path({str(SHIPPED_CAMERA)!r})) > 1; "
+            "loaded = [m for m in ('benchmarks.bench', 'edge_inspect.demo') if m in sys.modules]; "
+            "assert not loaded, loaded")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-1500:]
+
+
+def test_the_command_line_written_into_cards_is_public(monkeypatch):
+    from cloud.training import command_line
+
+    monkeypatch.setattr(sys, "argv", ["/opt/venv/bin/edge-inspect", "export", "my model.onnx", "--frame-size", "450x300"])
+    assert command_line() == "edge-inspect export 'my model.onnx' --frame-size 450x300"

@@ -12,17 +12,20 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import METAL_TAGS, REPO
+from conftest import METAL_TAGS, REPO, make_onnx
 from daemon_helpers import DaemonProcess, wait_until, write_config
 
 from device.config import ConfigError, parse_config
 from device.detector import Detection, Detector, ModelError, ModelNotFoundError
 from device.events import box_iou
 from device.images import list_images, read_image
+from device.model_card import ModelCard, card_path_for
 from device.model_manager import ModelManager, load_checked, self_test
 from device.preflight import PreflightError, check_model, model_runtime
 from device.runtimes import OPENVINO_MISSING, RuntimeSettings, RuntimeUnavailableError, model_sha256
+from edge_inspect.cli import main
 
 ov = pytest.importorskip("openvino")  # `make test` installs the openvino extra
 
@@ -33,6 +36,9 @@ CONF = 0.25
 # kernels, and are far below what bf16 inference does here (differences up to 0.5, a box more).
 MIN_IOU, MAX_CONF_DIFF = 0.98, 2e-3
 PHOTOS = sorted(list_images([METAL_TAGS / "images"]))[::4]  # 44 photos spread over the set
+MODELS = REPO / "device" / "models"
+SHIPPED_IR = MODELS / "metal-tags-yolov8n-448x320-int8-openvino.xml"
+CAMERA_FP32 = MODELS / "metal-tags-yolov8n-448x320.onnx"  # the FP32 model the shipped IR was quantized from
 
 
 @dataclass
@@ -166,6 +172,29 @@ def test_an_ir_identity_covers_its_bin_and_a_hot_swap_sees_a_new_bin(ir_model, t
     assert [m[0] for m in messages] == ["model_swapped"] and before[:12] in messages[0][1]
 
 
+def copy_ir(xml: Path, folder: Path) -> Path:
+    """An IR's .xml and .bin, and its card when it has one, copied into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for source in (xml, xml.with_suffix(".bin"), card_path_for(xml)):
+        if source.is_file():
+            shutil.copy(source, folder / source.name)
+    return folder / xml.name
+
+
+def test_overwriting_the_serving_bin_in_place_leaves_the_serving_model_unchanged(tmp_path):
+    """OpenVINO memory-maps an IR's .bin unless told not to, and then computes with the mapped
+    pages: a hot swap that rewrites the .bin in place (cp, rsync --inplace) would change the
+    weights of the model still serving (here: output off by 500 before the fix)."""
+    xml = copy_ir(SHIPPED_IR, tmp_path)
+    detector = Detector(xml, runtime="openvino")
+    blob, _ = detector.preprocess(read_image(PHOTOS[0]))
+    before = detector.infer(blob)
+    weights = xml.with_suffix(".bin")
+    with weights.open("r+b") as handle:  # the same file (inode), as an in-place copy writes it
+        handle.write(bytes(weights.stat().st_size))
+    assert np.array_equal(detector.infer(blob), before)
+
+
 def test_an_ir_without_its_bin_is_a_clear_error(ir_model, tmp_path):
     xml = tmp_path / "lonely.xml"
     shutil.copy(ir_model, xml)
@@ -194,6 +223,43 @@ def test_detect_command_runs_on_openvino(bundled_model, reference):
     for record in records:
         expected = [d for d in reference.detect(read_image(Path(record["image"]))) if d.confidence >= CONF]
         assert len(record["detections"]) == len(expected), record["image"]
+
+
+def fp32_ir(onnx_model: Path, folder: Path) -> Path:
+    """An FP32 IR of `onnx_model`, converted as is (its metadata carried into rt_info)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    xml = folder / f"{onnx_model.stem}.xml"
+    ov.save_model(ov.convert_model(str(onnx_model)), str(xml), compress_to_fp16=False)
+    return xml
+
+
+def write_self_test_command(model: Path, reference: Path) -> list[str]:
+    frames = [str(f) for f in sorted((REPO / "samples").glob("*.jpg"))]
+    return ["self-test", str(model), "--write", "--reference", str(reference), "--frames", *frames]
+
+
+@pytest.mark.parametrize("reference_format", ["onnx", "ir"])
+def test_writing_the_self_test_of_an_ir_runs_each_model_on_its_own_runtime(tmp_path, reference_format):
+    """The reference (an .onnx or an FP32 IR) on its own file's runtime, the IR on OpenVINO."""
+    xml = copy_ir(SHIPPED_IR, tmp_path / "model")
+    reference = CAMERA_FP32 if reference_format == "onnx" else fp32_ir(CAMERA_FP32, tmp_path / "reference")
+    assert main(write_self_test_command(xml, reference)) == 0
+    spec = ModelCard.read(card_path_for(xml)).self_test
+    assert spec.reference_model_sha256 == model_sha256(reference)
+    assert [f.name for f in spec.frames] == sorted(p.name for p in (REPO / "samples").glob("*.jpg"))
+    assert sum(d.confidence >= spec.strong for f in spec.frames for d in f.detections) >= 5
+    result = self_test(Detector(xml, runtime="openvino"))
+    assert result is not None and result.passed
+
+
+def test_a_self_test_its_model_fails_is_not_written(tmp_path, capsys):
+    """A reference that sees nothing: the IR's scratches are boxes the reference does not have."""
+    xml = copy_ir(SHIPPED_IR, tmp_path)
+    card_before = card_path_for(xml).read_text()
+    blind = make_onnx(tmp_path / "blind.onnx", scale=0.0, metadata={"names": "{0: 'scratch'}", "imgsz": "[64, 64]"})
+    assert main(write_self_test_command(xml, blind)) == 2
+    assert "fails the new self-test on openvino here" in capsys.readouterr().err
+    assert card_path_for(xml).read_text() == card_before
 
 
 def events_of(folder: Path, runtime: str, workdir: Path) -> list[dict]:
@@ -284,7 +350,7 @@ def test_auto_picks_the_runtime_by_the_model_file(ir_model, bundled_model, tmp_p
 @pytest.mark.parametrize("model,message", [
     ({"runtime": "tensorrt"}, "model.runtime: Input should be 'onnxruntime', 'openvino' or 'auto'"),
     ({"runtime": "openvino", "providers": ["CUDAExecutionProvider"], "spinning": False},
-     "model: Value error, providers, spinning: onnxruntime settings, and runtime is openvino"),
+     "model: Value error, providers, spinning: onnxruntime-only settings, but "),
 ])
 def test_bad_runtime_settings_are_refused_at_config_load(tmp_path, model, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):

@@ -55,6 +55,37 @@ def test_gate_refuses_an_int8_model_that_loses_too_much(tmp_path, bundled_model,
     assert not out.exists() and not card_path_for(out).exists()
 
 
+def test_quantize_refuses_a_model_whose_card_has_no_self_test(tmp_path, bundled_model, metal_tags):
+    import shutil
+
+    model = tmp_path / "model.onnx"
+    shutil.copy(bundled_model, model)
+    card = ModelCard.read(card_path_for(bundled_model))
+    card.self_test = None
+    card.write(card_path_for(model))
+    result = run("quantize", model, "--labels", metal_tags / "labels.csv", "--out", tmp_path / "int8.onnx")
+    assert result.returncode == 2 and "has no model card with a self_test section" in result.stderr, result.stderr[-1500:]
+    assert not (tmp_path / "int8.onnx").exists()
+
+
+def test_quantize_for_openvino_writes_an_ir_that_passes_the_gate_and_its_self_test(tmp_path, metal_tags):
+    from device.model_manager import self_test
+
+    fp32 = REPO / "device" / "models" / "metal-tags-yolov8n-448x320.onnx"
+    out = tmp_path / "models" / "int8.xml"
+    result = run("quantize", fp32, "--runtime", "openvino", "--labels", metal_tags / "labels.csv", "--out", out,
+                 "--candidates", "head-tail")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "raises 66 of FP32's 66 alerts on 54 labelled photos" in result.stdout
+    assert out.is_file() and out.with_suffix(".bin").is_file() and not list(out.parent.glob(".*.tmp"))
+    card = ModelCard.read(card_path_for(out))
+    detector = Detector(out, runtime="openvino")
+    assert card.model_sha256 == detector.info.sha256 != file_sha256(out), "the identity covers .xml and .bin"
+    assert card.quantization["runtime"] == "openvino" and card.packages.get("nncf")
+    assert "quantize" in card.command and card.created != ModelCard.read(card_path_for(fp32)).created
+    assert self_test(detector).passed and detector.info.input_size == (320, 448)
+
+
 def test_fidelity_counts_missed_and_invented_alerts(heldout):
     """FP32 against itself agrees on every alert. Against a reference that lost its weaker alerts,
     those become alerts the candidate invents; against one that scores its sub-threshold boxes
@@ -162,16 +193,35 @@ def test_the_recommendation_is_the_fastest_setup_that_is_right_here():
                 "daemon": {"fps": fps, "peak_rss_mb": 150}, "roofline_ratio": 1.3}
 
     ref = setup("fp32", "onnxruntime", "fp32", 30, 0.93)
-    wrong_cpu = setup("int8-full-range", "onnxruntime", "int8", 80, 0.93, self_test="failed: found 1 of 9")
+    wrong_cpu = {**setup("int8-full-range", "onnxruntime", "int8", 80, 0.93, self_test="failed: found 1 of 9"),
+                 "daemon": None}  # the daemon would refuse it: not run end to end
+    heavy = setup("int8-heavy", "openvino", "int8", 90, 0.93)
+    heavy["daemon"]["peak_rss_mb"] = 260
     inaccurate = setup("int8-inaccurate", "openvino", "int8", 70, 0.91)
     unmeasured = setup("int8-unmeasured", "onnxruntime", "int8", 65, None)
     good = setup("int8-good", "onnxruntime", "int8", 60, 0.925, size="448x320")
-    setups = [ref, wrong_cpu, inaccurate, unmeasured, good]
+    setups = [ref, wrong_cpu, heavy, inaccurate, unmeasured, good]
     assert recommend(setups)["name"] == "int8-good"
+    assert recommend(setups, memory_budget_mb=300)["name"] == "int8-heavy"
+    assert "260 MB is over the 200 MB budget" in why_not(heavy, ref)[0]
     assert "self-test failed" in why_not(wrong_cpu, ref)[0] and "mAP50 0.91" in why_not(inaccurate, ref)[0]
     assert "accuracy not measured" in why_not(unmeasured, ref)[0]
     assert recommend([ref, wrong_cpu])["name"] == "fp32", "FP32 is the fallback, never a wrong INT8"
+    assert recommend([wrong_cpu, unmeasured]) is None, "no FP32 reference: nothing INT8 is trusted"
     rows = targets({"setups": setups, "recommended": good, "peers": {"torch": {"fps": 25.0}}})
     accuracy = next(t for t in rows if "mAP50 within 1 point" in t["target"])
     assert accuracy["value"] == 0.005 and accuracy["met"]
     assert not next(t for t in rows if "torch" in t["target"])["met"], "60 fps is not 3x 25 fps"
+
+
+def test_a_setup_is_int8_by_its_graph_not_by_its_card(tmp_path):
+    import shutil
+
+    from benchmarks.setups import setups_for
+
+    models = REPO / "device" / "models"
+    for name in ("metal-tags-yolov8n-int8.onnx", "metal-tags-yolov8n.onnx"):
+        shutil.copy(models / name, tmp_path / name)  # without their cards
+    found = {(s.model.name, s.runtime): s.precision for s in setups_for(sorted(tmp_path.iterdir()), ["onnxruntime"])}
+    assert found == {("metal-tags-yolov8n-int8.onnx", "onnxruntime"): "int8",
+                     ("metal-tags-yolov8n.onnx", "onnxruntime"): "fp32"}

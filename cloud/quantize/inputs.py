@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cloud.dataset import image_inside
 from cloud.evaluation import split_images
-from cloud.heldout import HELDOUT, heldout_dataset
-from cloud.label_table import approved, read_label_csv
+from cloud.heldout import HELDOUT, HeldoutError, heldout_dataset, split_by_training
+from cloud.label_table import LabelTableError
 from cloud.quantize.gate import QuantizationError
 from device.images import list_images
 from device.model_card import ModelCard
@@ -36,15 +37,14 @@ def spread(images: list[Path], limit: int) -> list[Path]:
 
 
 def training_photos(card: ModelCard, labels_csv: Path, images_root: Path) -> list[Path]:
-    trained = set(((card.data or {}).get("photos") or {}).get("train") or [])
-    if not trained:
-        raise QuantizationError(f"model card {card.name!r} lists no training photos: pass --calib FOLDER")
-    records = [r for r in approved(read_label_csv(labels_csv)) if r.photo_id in trained]
-    paths = [images_root / r.source_ref for r in records]
-    missing = [p for p in paths if not p.is_file()]
-    if missing or not paths:
-        raise QuantizationError(f"training photos not found under {images_root} (first missing: "
-                                f"{missing[0] if missing else 'none listed'}): pass --images-root or --calib")
+    """The photos the FP32 model trained on, each checked to stay inside `images_root`."""
+    try:
+        records = split_by_training(card, labels_csv).trained
+        paths = [image_inside(images_root, r.source_ref) for r in records]
+    except (HeldoutError, LabelTableError) as exc:
+        raise QuantizationError(f"{exc}: pass --calib FOLDER, or --images-root") from None
+    if not paths:
+        raise QuantizationError(f"none of {card.name!r}'s training photos is in {labels_csv}: pass --calib FOLDER")
     return paths
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cloud.quantize.candidate import CandidateModel
 from cloud.quantize.gate import QuantizationError
 from device.detector import Detector
 from device.images import read_image
@@ -87,8 +88,8 @@ def copy_metadata(source: Path, target: Path) -> None:
 
 
 def candidates(model: Path, images: list[Path], workdir: Path, method: str,
-               only: list[str] | None = None) -> Iterator[tuple[str, Path, list[str]]]:
-    """(name, INT8 model, nodes left in float) per candidate, made one at a time; `only` names some."""
+               only: list[str] | None = None) -> Iterator[CandidateModel]:
+    """One INT8 model per float set, made one at a time; `only` names some."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -115,4 +116,4 @@ def candidates(model: Path, images: list[Path], workdir: Path, method: str,
             extra_options={"CalibMovingAverage": method == "minmax"},
         )
         copy_metadata(model, out)
-        yield name, out, excluded
+        yield CandidateModel(name, out, excluded)

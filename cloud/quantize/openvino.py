@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from cloud.quantize.candidate import CandidateModel
 from cloud.quantize.gate import QuantizationError
 from cloud.quantize.onnxruntime import HEAD
 from device.detector import Detector
@@ -31,6 +32,9 @@ def _float_sets(ov_model) -> list[tuple[str, list[str]]]:
     if not head:
         raise QuantizationError(f"the model has no {HEAD} operations: not a YOLOv8 detection graph")
     tail = [name for name in head if not any(b in name for b in BRANCHES)]
+    # every Sigmoid in float, the SiLU activations' too, as Ultralytics' OpenVINO INT8 export does
+    # (its accuracy and speed are the benchmark's peer): the convolutions, where the arithmetic is,
+    # stay INT8, and the activations are not rounded around zero, where SiLU bends
     sigmoids = [name for name, kind in ops if kind == "Sigmoid"]
     return [("head-tail", sorted(set(tail) | set(sigmoids))), ("whole-head", sorted(set(head) | set(sigmoids)))]
 
@@ -42,11 +46,15 @@ def onnx_metadata(model: Path) -> dict[str, str]:
 
 
 def candidates(model: Path, images: list[Path], workdir: Path, method: str,
-               only: list[str] | None = None) -> Iterator[tuple[str, Path, list[str]]]:
-    """(name, INT8 IR .xml, operations left in float) per candidate."""
-    import nncf
-    import openvino as ov
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+               only: list[str] | None = None) -> Iterator[CandidateModel]:
+    """One INT8 IR (.xml + .bin) per float set."""
+    try:
+        import nncf
+        import openvino as ov
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+    except ImportError as exc:
+        raise QuantizationError(f"INT8 for OpenVINO needs openvino and nncf: pip install 'edge-inspect[bench]' "
+                                f"({exc})") from None
 
     if method != "minmax":
         raise QuantizationError("NNCF calibrates with its own statistics: --calib-method applies to onnxruntime only")
@@ -62,6 +70,8 @@ def candidates(model: Path, images: list[Path], workdir: Path, method: str,
             continue
         quantized = nncf.quantize(
             ov.Core().read_model(str(model)), nncf.Dataset(blobs), preset=nncf.QuantizationPreset.MIXED,
+            # validate=False: the names come from this very graph, but NNCF checks them against its own
+            # copy after its transformations, where some (fused constants) no longer exist by name
             subset_size=len(blobs), ignored_scope=nncf.IgnoredScope(names=in_float, validate=False),
             advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE))
         for key, value in metadata.items():
@@ -69,4 +79,4 @@ def candidates(model: Path, images: list[Path], workdir: Path, method: str,
         out = workdir / f"openvino-{name}" / f"{model.stem}.xml"
         out.parent.mkdir(parents=True, exist_ok=True)
         ov.save_model(quantized, str(out), compress_to_fp16=False)
-        yield name, out, in_float
+        yield CandidateModel(name, out, in_float)

@@ -7,11 +7,12 @@ with the FP32 model's detections, so every device re-checks the INT8 model on it
 
 from __future__ import annotations
 
-import base64
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
@@ -21,14 +22,16 @@ from cloud.evaluation import evaluate
 from cloud.quantize import onnxruntime as ort_backend
 from cloud.quantize.gate import GateSettings, Measured, QuantizationError, failures, fidelity, reference_detections
 from cloud.quantize.inputs import calibration_images, gate_data
+from cloud.training import command_line
 from device.detector import Detector, file_sha256
-from device.model_card import ModelCard, card_path_for
+from device.model_card import TRACKED_PACKAGES, ModelCard, card_path_for, package_versions
 from device.self_test import make_self_test, run_self_test
 from device.timing import time_inference
 
 log = logging.getLogger(__name__)
 
 Runtime = Literal["onnxruntime", "openvino"]
+QUANTIZER_PACKAGES = ("openvino", "nncf")
 SUFFIX = {"onnxruntime": ".onnx", "openvino": ".xml"}
 
 
@@ -68,11 +71,21 @@ def _candidates(runtime: Runtime, model: Path, images: list[Path], workdir: Path
     return ov_backend.candidates(model, images, workdir, method, only)
 
 
-def _copy_model(source: Path, out: Path) -> None:
+def _replace(source: Path, target: Path) -> None:
+    """Copy, then rename into place: a daemon watching `target` never sees half a file."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def _install(source: Path, out: Path, card: ModelCard) -> None:
+    """Card first, then the weights, then the file the daemon watches (as the model component
+    installs them): a hot swap that sees the new model finds its card and whole weights."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, out)
-    if source.suffix == ".xml":  # an OpenVINO IR is two files
-        shutil.copyfile(source.with_suffix(".bin"), out.with_suffix(".bin"))
+    card.write(card_path_for(out))
+    if source.suffix == ".xml":  # an OpenVINO IR is two files; the .xml names the model
+        _replace(source.with_suffix(".bin"), out.with_suffix(".bin"))
+    _replace(source, out)
 
 
 def quantize_model(model: Path, out: Path, *, runtime: Runtime = "onnxruntime", labels: Path | None = None,
@@ -86,22 +99,29 @@ def quantize_model(model: Path, out: Path, *, runtime: Runtime = "onnxruntime", 
         raise QuantizationError(f"an INT8 model for {runtime} is a {SUFFIX[runtime]} file, not {out.name}")
     card_file = card_path_for(model)
     card = ModelCard.read(card_file) if card_file.is_file() else None
+    if card is None or card.self_test is None:
+        # every device re-checks an INT8 model on its own CPU against these frames: without them a
+        # model that is wrong there would serve unchecked
+        raise QuantizationError(f"{model.name} has no model card with a self_test section to give the INT8 model: "
+                                f"write one first with `edge-inspect self-test {model} --write --frames IMG...`")
     images = calibration_images(card, labels, images_root, calib, calib_limit)
     with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
         workdir = Path(tmp)
         gate = gate_data(card, labels, images_root, data, split, workdir)
-        fp32 = Measured(evaluate(model, gate.data_yaml, gate.split), latency_ms=latency_ms(model, "onnxruntime"))
+        # FP32 timed on the candidate's runtime: the card compares like with like
+        fp32 = Measured(evaluate(model, gate.data_yaml, gate.split), latency_ms=latency_ms(model, runtime))
         reference = reference_detections(Detector(model), gate.images)
         log.info("FP32: mAP50 %.4f  mAP50-95 %.4f  latency %.1f ms on %s", fp32.accuracy.map50,
                  fp32.accuracy.map50_95, fp32.latency_ms, gate.source)
         tried = []
-        for name, path, float_nodes in _candidates(runtime, model, images, workdir, method, only):
-            measured = Measured(evaluate(path, gate.data_yaml, gate.split, runtime=runtime),
-                                fidelity(_detector(path, runtime), reference, settings), latency_ms(path, runtime))
+        for made in _candidates(runtime, model, images, workdir, method, only):
+            measured = Measured(evaluate(made.path, gate.data_yaml, gate.split, runtime=runtime),
+                                fidelity(_detector(made.path, runtime), reference, settings),
+                                latency_ms(made.path, runtime))
             measured.failures = failures(fp32.accuracy, measured, settings)
-            tried.append(Candidate(name, path, float_nodes, measured))
-            log.info("candidate %-22s float nodes %3d  latency %.1f ms  mAP50 %.4f  alerts %d/%d  %s", name,
-                     len(float_nodes), measured.latency_ms, measured.accuracy.map50, measured.fidelity.found,
+            tried.append(Candidate(made.name, made.path, made.float_nodes, measured))
+            log.info("candidate %-22s float nodes %3d  latency %.1f ms  mAP50 %.4f  alerts %d/%d  %s", made.name,
+                     len(made.float_nodes), measured.latency_ms, measured.accuracy.map50, measured.fidelity.found,
                      measured.fidelity.fp32_alerts, "passes" if measured.passed else "; ".join(measured.failures))
         passing = [c for c in tried if c.measured.passed]
         if not passing:
@@ -113,8 +133,7 @@ def quantize_model(model: Path, out: Path, *, runtime: Runtime = "onnxruntime", 
         chosen = min(passing, key=lambda c: c.measured.latency_ms)
         report = _report(runtime, chosen, fp32, tried, settings, gate.source, method, len(images), calib)
         card = _card(model, card, chosen.path, out.name, report)  # refuses a model that fails its self-test
-        _copy_model(chosen.path, out)
-        card.write(card_path_for(out))
+        _install(chosen.path, out, card)
     return report
 
 
@@ -130,15 +149,11 @@ def _report(runtime: Runtime, chosen: Candidate, fp32: Measured, tried: list[Can
     }
 
 
-def _card(model: Path, fp32_card: ModelCard | None, int8: Path, out_name: str, report: dict) -> ModelCard:
+def _card(model: Path, fp32_card: ModelCard, int8: Path, out_name: str, report: dict) -> ModelCard:
     """The INT8 card: the FP32 card's provenance, `heldout` the INT8 figures and `heldout_fp32`
     the FP32 ones beside them (both measured here, through the gate), and a self-test."""
-    if fp32_card is not None:
-        base = fp32_card.model_dump(exclude={"self_test"})
-    else:
-        info = Detector(model).info
-        base = {"name": model.stem, "created": "", "class_names": list(info.class_names),
-                "input_size": list(info.input_size)}
+    # the FP32 card's data and training provenance; when, how and with what this model was made
+    base = fp32_card.model_dump(exclude={"self_test", "created", "command", "packages"})
     strip = ("latency_ms", "fidelity", "failures")
     metrics = {f"{k}_fp32": v for k, v in (base.get("metrics") or {}).items()}  # the FP32 model's, named so
     metrics.update({"heldout": {k: v for k, v in report["int8"].items() if k not in strip},
@@ -151,11 +166,12 @@ def _card(model: Path, fp32_card: ModelCard | None, int8: Path, out_name: str, r
                          "OpenVINO IR, NNCF post-training quantization"})
     detector = _detector(int8, report["runtime"])
     card = ModelCard(**{**base, "name": Path(out_name).stem, "model_file": out_name, "model_sha256": detector.info.sha256,
-                        "precision": "int8", "metrics": metrics, "quantization": quantization})
-    if fp32_card is not None and fp32_card.self_test is not None:
-        frames = [(f.name, base64.b64decode(f.jpeg_base64)) for f in fp32_card.self_test.frames]
-        card.self_test = make_self_test(Detector(model), frames)
-        result = run_self_test(detector, card.self_test)
-        if not result.passed:  # the gate passed on the held-out photos; the reference frames must agree
-            raise QuantizationError(f"refused: {out_name} fails its own self-test here: {result.summary()}")
+                        "precision": "int8", "metrics": metrics, "quantization": quantization,
+                        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        "command": command_line(), "packages": package_versions(TRACKED_PACKAGES + QUANTIZER_PACKAGES)})
+    frames = [(f.name, f.jpeg()) for f in fp32_card.self_test.frames]  # bytes checked against their sha256
+    card.self_test = make_self_test(Detector(model), frames)
+    result = run_self_test(detector, card.self_test)
+    if not result.passed:  # the gate passed on the held-out photos; the reference frames must agree
+        raise QuantizationError(f"refused: {out_name} fails its own self-test here: {result.summary()}")
     return card

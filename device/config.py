@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -16,6 +16,9 @@ from device.redact import redact, remember_secrets, secrets_in, secrets_in_text
 from device.runtimes import RuntimeName, is_ir, resolve_runtime
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # safe in MQTT topics and file names
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class ConfigError(ValueError):
@@ -339,13 +342,18 @@ def format_validation_error(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def parse_config(data: Any, origin: str = "config") -> DaemonConfig:
+def validate_mapping(model: type[ModelT], data: Any, origin: str) -> ModelT:
+    """`data` (a parsed YAML file) as `model`, or one ConfigError naming every bad key."""
     if not isinstance(data, dict):
         raise ConfigError(f"{origin}: expected a mapping at the top level, got {type(data).__name__}")
     try:
-        return DaemonConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(redact(f"{origin}: {format_validation_error(exc)}")) from None
+
+
+def parse_config(data: Any, origin: str = "config") -> DaemonConfig:
+    return validate_mapping(DaemonConfig, data, origin)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

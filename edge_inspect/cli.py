@@ -11,6 +11,7 @@ from pathlib import Path
 
 from device.bundled import bundled_model_path
 from device.redact import redact
+from edge_inspect.cloud_cli import add_cloud
 
 
 class CliError(Exception):
@@ -168,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_self_test(sub)
     _add_export(sub)
+    add_cloud(sub)
     return parser
 
 
@@ -360,6 +362,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from cloud.export import ExportError
     from cloud.heldout import HeldoutError
     from cloud.label_table import LabelTableError
+    from cloud.labels.store import LabelStoreError
     from cloud.quantize import QuantizationError
     from cloud.training import TrainingError
     from device.config import ConfigError
@@ -368,7 +371,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from edge_inspect.demo import DemoError
 
     return (CliError, ConfigError, DemoError, QuantizationError, ModelError, FrameError, ImageInputError, LabelTableError, TrainingError,
-            EvaluationError, HeldoutError, CheckpointError, ExportError, ValidationError)
+            EvaluationError, HeldoutError, CheckpointError, ExportError, LabelStoreError, ValidationError,
+            argparse.ArgumentTypeError)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,11 @@ import gc
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks import measure, recommend
-from benchmarks.flops import count_flops, model_ops
+from benchmarks.flops import count_flops
 from benchmarks.machine import cpu_info, peak_ops, versions
 from benchmarks.report import markdown, progress, write_outputs
 from benchmarks.setups import Setup, available_runtimes, bundled_models, setups_for
@@ -79,7 +79,7 @@ def measure_setup(setup: Setup, frames: list, video: Path, workdir: Path, runs: 
                   peaks: dict[str, float], heldout: AccuracyPhotos | None) -> dict:
     progress(f"{setup.name}: bare inference x{runs}, detector stages, self-test, accuracy ...")
     detector = measure.detector_for(setup, threads)
-    ops = model_ops(setup.model)
+    ops = setup.ops
     bound_ms = ops.bound_s(peaks["int8"], peaks["fp32"]) * 1000
     height, width = detector.info.input_size
     entry = {"name": setup.name, "model": str(setup.model), "runtime": setup.runtime, "precision": setup.precision,
@@ -104,7 +104,7 @@ def measure_setup(setup: Setup, frames: list, video: Path, workdir: Path, runs: 
     progress(f"{setup.name}: daemon end to end ...")
     runs_by_spin = {spin: measure.daemon_run(setup, video, workdir, threads, spin) for spin in spins}
     best = max(runs_by_spin.values(), key=lambda r: r.fps)
-    entry["daemon"] = measure.as_dict(best)
+    entry["daemon"] = asdict(best)
     entry["daemon_fps_by_spinning"] = {str(k): v.fps for k, v in runs_by_spin.items()}
     entry["config"] = measure.model_config(setup, threads, best.spinning)
     return entry

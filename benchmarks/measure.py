@@ -9,7 +9,7 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -163,7 +163,3 @@ def daemon_run(setup: Setup, video: Path, workdir: Path, threads: int | None, sp
     events = [p["payload"] for p in payloads if p["topic"].endswith("/events")]
     first = epoch(events[0]["sent_time"]) - started if events else None
     return DaemonRun(round(frames / span, 2), frames, round(peak, 1), round(first, 2) if first else None, spinning)
-
-
-def as_dict(value) -> dict:
-    return asdict(value)

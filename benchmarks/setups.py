@@ -12,7 +12,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.flops import model_ops
+from benchmarks.flops import Ops, model_ops
 from device.model_card import ModelCard, card_path_for
 
 RUNTIMES = ("onnxruntime", "openvino")
@@ -22,7 +22,12 @@ RUNTIMES = ("onnxruntime", "openvino")
 class Setup:
     model: Path
     runtime: str
-    precision: str  # int8 when the graph holds any 8-bit arithmetic, else fp32 (never taken on trust)
+    ops: Ops  # counted from the graph once per model, shared by its setups
+
+    @property
+    def precision(self) -> str:
+        """int8 when the graph holds any 8-bit arithmetic, else fp32 (never taken on trust from a card)."""
+        return "int8" if self.ops.int8 > 0 else "fp32"
 
     @property
     def name(self) -> str:
@@ -41,9 +46,9 @@ def _card(model: Path) -> ModelCard | None:
 def setups_for(models: list[Path], runtimes: list[str]) -> list[Setup]:
     out = []
     for model in models:
-        precision = "int8" if model_ops(model).int8 > 0 else "fp32"
+        ops = model_ops(model)
         wanted = ["openvino"] if model.suffix == ".xml" else list(RUNTIMES)
-        out += [Setup(model, runtime, precision) for runtime in wanted if runtime in runtimes]
+        out += [Setup(model, runtime, ops) for runtime in wanted if runtime in runtimes]
     return out
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud.quantize.candidate import CandidateModel
+from cloud.quantize.candidate import CandidateModel, chosen_sets
 from cloud.quantize.gate import QuantizationError
 from device.detector import Detector
 from device.images import read_image
@@ -100,13 +100,7 @@ def candidates(model: Path, images: list[Path], workdir: Path, method: str,
     detector = Detector(model)
     prepared = workdir / "prepared.onnx"
     quant_pre_process(str(model), str(prepared), skip_symbolic_shape=False)
-    sets = head_node_sets(prepared)
-    unknown = set(only or []) - {name for name, _ in sets}
-    if unknown:
-        raise QuantizationError(f"unknown candidate(s) {sorted(unknown)}; known: {', '.join(n for n, _ in sets)}")
-    for name, excluded in sets:
-        if only and name not in only:
-            continue
+    for name, excluded in chosen_sets(head_node_sets(prepared), only):
         out = workdir / f"{name}.onnx"
         quantize_static(
             str(prepared), str(out), FrameReader(detector, images),

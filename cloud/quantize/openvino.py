@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from cloud.quantize.candidate import CandidateModel
+from cloud.quantize.candidate import CandidateModel, chosen_sets
 from cloud.quantize.gate import QuantizationError
 from cloud.quantize.onnxruntime import HEAD
 from device.detector import Detector
@@ -61,13 +61,7 @@ def candidates(model: Path, images: list[Path], workdir: Path, method: str,
     detector = Detector(model)
     metadata = onnx_metadata(model)
     blobs = [detector.preprocess(read_image(p))[0] for p in images]
-    sets = _float_sets(ov.Core().read_model(str(model)))
-    unknown = set(only or []) - {name for name, _ in sets}
-    if unknown:
-        raise QuantizationError(f"unknown candidate(s) {sorted(unknown)}; known: {', '.join(n for n, _ in sets)}")
-    for name, in_float in sets:
-        if only and name not in only:
-            continue
+    for name, in_float in chosen_sets(_float_sets(ov.Core().read_model(str(model))), only):
         quantized = nncf.quantize(
             ov.Core().read_model(str(model)), nncf.Dataset(blobs), preset=nncf.QuantizationPreset.MIXED,
             # validate=False: the names come from this very graph, but NNCF checks them against its own

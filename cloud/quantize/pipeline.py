@@ -20,6 +20,7 @@ import numpy as np
 
 from cloud.evaluation import evaluate
 from cloud.quantize import onnxruntime as ort_backend
+from cloud.quantize.candidate import CandidateModel
 from cloud.quantize.gate import GateSettings, Measured, QuantizationError, failures, fidelity, reference_detections
 from cloud.quantize.inputs import calibration_images, gate_data
 from cloud.training import command_line
@@ -37,10 +38,10 @@ SUFFIX = {"onnxruntime": ".onnx", "openvino": ".xml"}
 
 @dataclass
 class Candidate:
-    name: str
-    path: Path
-    float_nodes: list[str]
-    measured: Measured | None = None
+    """A quantizer's model and what the gate measured of it."""
+
+    made: CandidateModel
+    measured: Measured
 
 
 def _detector(path: Path, runtime: Runtime, **kwargs) -> Detector:
@@ -119,7 +120,7 @@ def quantize_model(model: Path, out: Path, *, runtime: Runtime = "onnxruntime", 
                                 fidelity(_detector(made.path, runtime), reference, settings),
                                 latency_ms(made.path, runtime))
             measured.failures = failures(fp32.accuracy, measured, settings)
-            tried.append(Candidate(made.name, made.path, made.float_nodes, measured))
+            tried.append(Candidate(made, measured))
             log.info("candidate %-22s float nodes %3d  latency %.1f ms  mAP50 %.4f  alerts %d/%d  %s", made.name,
                      len(made.float_nodes), measured.latency_ms, measured.accuracy.map50, measured.fidelity.found,
                      measured.fidelity.fp32_alerts, "passes" if measured.passed else "; ".join(measured.failures))
@@ -127,22 +128,23 @@ def quantize_model(model: Path, out: Path, *, runtime: Runtime = "onnxruntime", 
         if not passing:
             best = max(tried, key=lambda c: c.measured.accuracy.map50)
             raise QuantizationError(f"refused: no INT8 candidate passes the gate on {gate.source}; the most accurate "
-                                    f"({best.name}): {'; '.join(best.measured.failures)}. {out} not written")
-        for candidate, ms in zip(passing, interleaved_latency_ms([c.path for c in passing], runtime), strict=True):
+                                    f"({best.made.name}): {'; '.join(best.measured.failures)}. {out} not written")
+        for candidate, ms in zip(passing, interleaved_latency_ms([c.made.path for c in passing], runtime), strict=True):
             candidate.measured.latency_ms = ms
         chosen = min(passing, key=lambda c: c.measured.latency_ms)
         report = _report(runtime, chosen, fp32, tried, settings, gate.source, method, len(images), calib)
-        card = _card(model, card, chosen.path, out.name, report)  # refuses a model that fails its self-test
-        _install(chosen.path, out, card)
+        card = _card(model, card, chosen.made.path, out.name, report)  # refuses a model that fails its self-test
+        _install(chosen.made.path, out, card)
     return report
 
 
 def _report(runtime: Runtime, chosen: Candidate, fp32: Measured, tried: list[Candidate], settings: GateSettings,
             photos: str, method: str, calib_images: int, calib: Path | None) -> dict:
     return {
-        "runtime": runtime, "chosen": chosen.name, "float_nodes": chosen.float_nodes,
+        "runtime": runtime, "chosen": chosen.made.name, "float_nodes": chosen.made.float_nodes,
         "fp32": fp32.to_dict(), "int8": chosen.measured.to_dict(),
-        "candidates": [{"name": c.name, "float_nodes": len(c.float_nodes), **c.measured.to_dict()} for c in tried],
+        "candidates": [{"name": c.made.name, "float_nodes": len(c.made.float_nodes), **c.measured.to_dict()}
+                       for c in tried],
         "gate": {**settings.model_dump(), "photos": photos},
         "calibration": {"method": method, "images": calib_images, "source": str(calib) if calib else
                         "the FP32 model's training photos"},

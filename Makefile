@@ -35,6 +35,8 @@ demo: $(VENV)/.device-installed
 
 test: $(VENV)/.test-installed
 	scripts/system-packages.sh test
+	scripts/label-studio.sh >/dev/null          # a real Label Studio, in its own virtualenv
+	scripts/node-tools.sh                       # asl-validator (npm): the state machines' validator
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests
 
@@ -43,4 +45,4 @@ bench: $(VENV)/.test-installed
 	$(BIN)/edge-inspect bench --out bench-output
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .venv-label-studio .tools

@@ -2,6 +2,14 @@
 errors name the key. It grows by capability; each capability's section chooses its backend (an
 AWS one or an on-site one) and holds that backend's settings.
 
+    storage: {bucket: plant-frames, prefix: edge-inspect, endpoint_url: https://minio.plant:9000}
+    broker: {host: broker.plant, port: 8883, tls: {enabled: true, ca_certs: ca.pem}}
+    labeling:
+      backend: label_studio           # or ground_truth (AWS), or replay (demo and tests)
+      batch_size: 50
+      max_wait_minutes: 30
+      state_path: /var/lib/edge-inspect/labeling.sqlite
+      label_studio: {url: https://label-studio.plant}
     label_store:
       backend: local                  # or feature_store (AWS)
       local: {path: /var/lib/edge-inspect/labels}
@@ -15,7 +23,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cloud.ingest.announcements import BrokerSettings
+from cloud.labeling.ground_truth import GroundTruthSettings
+from cloud.labeling.label_studio import LabelStudioSettings
+from cloud.labeling.replay import ReplaySettings
 from cloud.labels.feature_store import FeatureStoreSettings
+from cloud.storage import StorageSettings
 from device.config import load_config_file, validate_mapping
 
 
@@ -41,9 +54,42 @@ class LabelStoreSettings(Strict):
         return self
 
 
+class PreLabelSettings(Strict):
+    model: Path | None = Field(None, description="the production model (ONNX); default: the bundled model")
+    conf: float = Field(0.25, gt=0, lt=1, description="boxes above this score become pre-labels")
+
+
+class LabelingSettings(Strict):
+    backend: Literal["label_studio", "ground_truth", "replay"]
+    batch_size: int = Field(50, ge=1, le=10_000, description="frames per batch, per line")
+    max_wait_minutes: float = Field(30, gt=0, le=7 * 24 * 60, description="a smaller batch goes after this wait")
+    poll_interval_s: float = Field(30, ge=0.1, le=3600, description="how often answers are collected")
+    catch_up_minutes: float = Field(60, ge=0.1, le=24 * 60, description="how often the raw prefix is listed")
+    state_path: Path = Field(description="the labeling state (SQLite): which frames were batched and answered")
+    prelabels: PreLabelSettings = PreLabelSettings()
+    label_studio: LabelStudioSettings | None = None
+    ground_truth: GroundTruthSettings | None = None
+    replay: ReplaySettings | None = None
+
+    @model_validator(mode="after")
+    def _chosen_backend_is_configured(self) -> LabelingSettings:
+        if getattr(self, self.backend) is None:
+            raise ValueError(f"backend is {self.backend} but the `{self.backend}` section is missing")
+        return self
+
+
 class CloudConfig(Strict):
     region: str | None = Field(None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d$", description="AWS region (AWS backends)")
+    storage: StorageSettings | None = None
+    broker: BrokerSettings | None = None
+    labeling: LabelingSettings | None = None
     label_store: LabelStoreSettings
+
+    @model_validator(mode="after")
+    def _labeling_needs_storage(self) -> CloudConfig:
+        if self.labeling is not None and self.storage is None:
+            raise ValueError("labeling needs the `storage` section: the bucket the devices upload frames to")
+        return self
 
 
 def parse_cloud_config(data: Any, origin: str = "cloud config") -> CloudConfig:

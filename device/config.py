@@ -36,6 +36,20 @@ def require_unique(what: str, names: list[str]) -> None:
         raise ValueError(f"{what} must be unique; repeated: {', '.join(repeated)}")
 
 
+def check_topic_prefix(value: str) -> str:
+    """An MQTT topic prefix: wildcards are refused by the field's pattern, empty levels here."""
+    if value.startswith("/") or value.endswith("/") or "//" in value:
+        raise ValueError("topic_prefix must not start or end with '/' or contain '//'")
+    return value
+
+
+def check_key_prefix(value: str) -> str:
+    """An S3 key prefix: it becomes part of every key, and `..` or `.` segments would climb out."""
+    if any(part in (".", "..") for part in value.split("/")):
+        raise ValueError("prefix must not contain '.' or '..' segments")
+    return value
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -75,12 +89,7 @@ class MqttConfig(Strict):
     reconnect_min_s: float = Field(0.5, ge=0.1, le=3600)
     reconnect_max_s: float = Field(30.0, ge=0.1, le=3600)
 
-    @field_validator("topic_prefix")
-    @classmethod
-    def _no_wildcards(cls, value: str) -> str:
-        if value.startswith("/") or value.endswith("/") or "//" in value:
-            raise ValueError("topic_prefix must not start or end with '/' or contain '//'")
-        return value
+    _topic_prefix = field_validator("topic_prefix")(check_topic_prefix)
 
     @model_validator(mode="after")
     def _backoff(self) -> MqttConfig:
@@ -278,13 +287,7 @@ class UploadConfig(Strict):
     retry_max_s: float = Field(300.0, ge=0.05, le=86400)
     timeout_s: float = Field(10.0, ge=0.1, le=600)
 
-    @field_validator("prefix")
-    @classmethod
-    def _no_dot_segments(cls, value: str) -> str:
-        # the prefix becomes part of every S3 key: `..` or `.` segments would climb out of it
-        if any(part in (".", "..") for part in value.split("/")):
-            raise ValueError("prefix must not contain '.' or '..' segments")
-        return value
+    _prefix = field_validator("prefix")(check_key_prefix)
 
     @model_validator(mode="after")
     def _backoff(self) -> UploadConfig:

@@ -361,9 +361,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from cloud.evaluation import EvaluationError
     from cloud.export import ExportError
     from cloud.heldout import HeldoutError
+    from cloud.ingest.state import StateError
     from cloud.label_table import LabelTableError
+    from cloud.labeling.service import LabelingError
     from cloud.labels.store import LabelStoreError
     from cloud.quantize import QuantizationError
+    from cloud.storage import StorageError
     from cloud.training import TrainingError
     from device.config import ConfigError
     from device.detector import FrameError, ModelError
@@ -371,8 +374,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from edge_inspect.demo import DemoError
 
     return (CliError, ConfigError, DemoError, QuantizationError, ModelError, FrameError, ImageInputError, LabelTableError, TrainingError,
-            EvaluationError, HeldoutError, CheckpointError, ExportError, LabelStoreError, ValidationError,
-            argparse.ArgumentTypeError)
+            EvaluationError, HeldoutError, CheckpointError, ExportError, LabelStoreError, LabelingError, StateError,
+            StorageError, ValidationError, argparse.ArgumentTypeError)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,18 @@ from pathlib import Path
 
 
 def add_cloud(sub: argparse._SubParsersAction) -> None:
-    cloud = sub.add_parser("cloud", help="the cloud side: label store (labeling, retraining and deployment to come)")
+    cloud = sub.add_parser("cloud", help="the cloud side: labeling and the label store (retraining and deployment to come)")
     cloud.add_argument("--config", type=Path, default=Path("cloud.yaml"), help="cloud configuration (cloud.yaml)")
     commands = cloud.add_subparsers(dest="cloud_command", required=True)
     p = commands.add_parser("check-config", help="validate the cloud configuration and exit")
     p.set_defaults(func=cmd_check_config)
+    p = commands.add_parser("serve", help="sampled frames -> pre-labelled batches -> labelers -> label store, until stopped")
+    p.set_defaults(func=cmd_serve)
+    p = commands.add_parser("label", help="one labeling round by hand: list the bucket, make a batch now, submit it, "
+                                          "collect the answers so far")
+    p.add_argument("--batch", type=int, metavar="N", default=None,
+                   help="at most N frames per batch (default: labeling.batch_size)")
+    p.set_defaults(func=cmd_label)
     labels = commands.add_parser("labels", help="the label store").add_subparsers(dest="labels_command", required=True)
     p = labels.add_parser("import", help="append every row of a label table (CSV) as a label version")
     p.add_argument("csv", type=Path)
@@ -22,6 +29,8 @@ def add_cloud(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--as-of", default="now", help="now, seconds since the epoch, or ISO 8601 (UTC by default)")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_labels_export)
+    p = labels.add_parser("status", help="frames by state, batches by state, the open batches")
+    p.set_defaults(func=cmd_labels_status)
     p = labels.add_parser("history", help="every version of one image's labels, oldest first")
     p.add_argument("source_ref")
     p.set_defaults(func=cmd_labels_history)
@@ -35,11 +44,72 @@ def _store(args: argparse.Namespace):
     return open_label_store(config.label_store, config.region)
 
 
+def _labeling_config(args: argparse.Namespace):
+    from cloud.settings import load_cloud_config
+    from edge_inspect.cli import CliError
+
+    config = load_cloud_config(args.config)
+    if config.labeling is None:
+        raise CliError(f"{args.config} has no `labeling` section: nothing to label with")
+    return config
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     from cloud.settings import load_cloud_config
 
     config = load_cloud_config(args.config)
-    print(f"{args.config}: OK (label store: {config.label_store.backend})")
+    parts = [f"label store: {config.label_store.backend}"]
+    if config.labeling is not None:
+        parts.append(f"labeling: {config.labeling.backend}, batches of {config.labeling.batch_size}")
+    if config.storage is not None:
+        parts.append(f"bucket: {config.storage.bucket}/{config.storage.prefix}")
+    print(f"{args.config}: OK ({'; '.join(parts)})")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from cloud.ingest.announcements import SamplesSubscriber
+    from cloud.labeling.backends import open_labeling_loop
+    from cloud.labeling.serve import Timers, serve
+
+    config = _labeling_config(args)
+    loop = open_labeling_loop(config)
+    subscriber = SamplesSubscriber(config.broker, config.storage.bucket) if config.broker else None
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    settings = config.labeling
+    serve(loop, subscriber, Timers(catch_up_s=settings.catch_up_minutes * 60, poll_s=settings.poll_interval_s), stop)
+    return 0
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from cloud.labeling.backends import open_labeling_loop
+
+    loop = open_labeling_loop(_labeling_config(args))
+    loop.recover()
+    offered = loop.catch_up()
+    made = loop.cut(force=True, limit=args.batch)
+    loop.submit_created()
+    collected = loop.collect_submitted()
+    print(json.dumps({"new_frames": offered.new, "set_aside": offered.set_aside,
+                      "batches": [{"batch_id": b.batch_id, "line": b.line, "frames": len(b.tasks),
+                                   "prelabels": sum(len(t.prelabels) for t in b.tasks)} for b in made],
+                      "answers_written": sum(c.written for c in collected),
+                      "batches_finished": sum(c.finished for c in collected)}))
+    return 0
+
+
+def cmd_labels_status(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from cloud.ingest.state import LabelingState
+
+    config = _labeling_config(args)
+    print(json.dumps(asdict(LabelingState(config.labeling.state_path).status()), indent=2))
     return 0
 
 

@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
+from cloud.aws import AwsError, aws_call
 from cloud.label_table import LabelRecord, LabelTableError, safe_relative_path
 from cloud.labels.as_of import as_of_sql
 from cloud.labels.store import LabelStoreError
@@ -49,25 +49,12 @@ class FeatureStoreSettings(BaseModel):
     query_timeout_s: float = Field(300, gt=0, description="an Athena query running longer is stopped")
 
 
-class AwsCallError(LabelStoreError):
-    """An AWS call failed: the message names the call and AWS's error code and message (botocore
-    never puts credentials in those); `code` lets callers tell an expected error from a real one."""
-
-    def __init__(self, call: str, code: str, message: str) -> None:
-        super().__init__(f"{call} failed: {code}: {message}")
-        self.call, self.code = call, code
+class AwsCallError(AwsError, LabelStoreError):
+    """An AWS call failed (see cloud.aws); `code` lets callers tell an expected error from a real one."""
 
 
 def _call(client: Any, operation: str, **params: Any) -> dict[str, Any]:
-    """`client.operation(**params)`, with botocore's errors turned into one `AwsCallError`."""
-    name = f"{client.meta.service_model.service_name}.{operation}"
-    try:
-        return getattr(client, operation)(**params)
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        raise AwsCallError(name, error.get("Code", "Unknown"), error.get("Message", str(exc))) from exc
-    except BotoCoreError as exc:  # ParamValidationError, NoCredentialsError, connection errors
-        raise AwsCallError(name, type(exc).__name__, " ".join(str(exc).split())) from exc  # one line, for the CLI
+    return aws_call(client, operation, AwsCallError, **params)
 
 
 def _quote_literal(source_ref: str) -> str:

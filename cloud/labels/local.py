@@ -35,11 +35,29 @@ class LocalLabelStore:
         rows = [v.columns() for v in versions]
         if not rows:
             return 0
+        try:
+            return self._write(rows)
+        except duckdb.Error as exc:
+            raise LabelStoreError(f"label store {self.data}: cannot write: {exc}") from None
+        except OSError as exc:  # a full or read-only disk: the caller keeps the versions and retries
+            raise LabelStoreError(f"label store {self.data}: cannot write: {exc.strerror or exc}") from None
+
+    def _write(self, rows: list[dict[str, object]]) -> int:
         now = datetime.now(timezone.utc)
         folder = self.data / f"year={now:%Y}" / f"month={now:%m}" / f"day={now:%d}" / f"hour={now:%H}"
         folder.mkdir(parents=True, exist_ok=True)
         name = uuid.uuid4().hex
         tmp, final = folder / f".{name}.parquet.tmp", folder / f"{name}.parquet"
+        try:
+            self._write_file(rows, tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)  # nothing half-written is left behind
+        return len(rows)
+
+    @staticmethod
+    def _write_file(rows: list[dict[str, object]], tmp: Path, final: Path) -> None:
+        import duckdb
+
         schema = ", ".join(f"{c} {DUCKDB_TYPES[t]}" for c, t in COLUMNS.items())
         with duckdb.connect() as db:
             db.execute(f"CREATE TABLE batch ({schema})")
@@ -49,7 +67,6 @@ class LocalLabelStore:
         with tmp.open("rb") as handle:  # on disk before the name makes it part of the store
             os.fsync(handle.fileno())
         os.replace(tmp, final)
-        return len(rows)
 
     def _table(self) -> str | None:
         if not any(self.data.glob("year=*/month=*/day=*/hour=*/*.parquet")):

@@ -1,0 +1,45 @@
+"""The cloud configuration's labeling sections: a mistake is one line that names the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from cloud.settings import parse_cloud_config
+from device.config import ConfigError
+
+STORE = {"backend": "local", "local": {"path": "/tmp/labels"}}
+STORAGE = {"bucket": "plant-frames", "prefix": "edge-inspect"}
+
+
+def labeling(**extra):
+    return {"backend": "replay", "state_path": "/tmp/state.sqlite",
+            "replay": {"table": "labels.csv", "images": "."}, **extra}
+
+
+def test_a_complete_on_site_configuration_parses():
+    config = parse_cloud_config({"storage": STORAGE, "labeling": labeling(batch_size=10), "label_store": STORE})
+    assert config.labeling.batch_size == 10 and config.storage.raw_prefix == "edge-inspect/raw/"
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ({"labeling": labeling(), "label_store": STORE}, "needs the `storage` section"),
+    ({"storage": STORAGE, "labeling": {**labeling(), "replay": None}, "label_store": STORE},
+     "backend is replay but the `replay` section is missing"),
+    ({"storage": STORAGE, "labeling": labeling(backend="mechanical_turk"), "label_store": STORE}, "labeling.backend"),
+    ({"storage": STORAGE, "labeling": labeling(batch_size=0), "label_store": STORE}, "labeling.batch_size"),
+    ({"storage": {**STORAGE, "bucket": "Bad_Bucket"}, "labeling": labeling(), "label_store": STORE}, "storage.bucket"),
+    ({"storage": {**STORAGE, "prefix": "a/../b"}, "labeling": labeling(), "label_store": STORE}, "storage.prefix"),
+    ({"storage": STORAGE, "labeling": labeling(batch_sise=5), "label_store": STORE}, "labeling.batch_sise"),
+    ({"storage": STORAGE, "broker": {"port": 0}, "label_store": STORE}, "broker.port"),
+])
+def test_mistakes_name_the_key(data, expected):
+    with pytest.raises(ConfigError) as error:
+        parse_cloud_config(data)
+    assert expected in str(error.value)
+
+
+def test_the_broker_password_never_appears_in_an_error():
+    with pytest.raises(ConfigError) as error:
+        parse_cloud_config({"storage": STORAGE, "label_store": STORE,
+                            "broker": {"username": "u", "password": "hunter2-secret", "port": "x"}})
+    assert "hunter2-secret" not in str(error.value) and "broker.port" in str(error.value)

@@ -21,6 +21,11 @@ def add_cloud(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, metavar="N", default=None,
                    help="at most N frames per batch (default: labeling.batch_size)")
     p.set_defaults(func=cmd_label)
+    p = commands.add_parser("state-machine", help="print the Ground Truth labeling state machine (Amazon States Language)")
+    p.add_argument("--adjustment-manifest-function", required=True, metavar="LAMBDA_ARN")
+    p.add_argument("--verification-manifest-function", required=True, metavar="LAMBDA_ARN")
+    p.add_argument("--labels-function", required=True, metavar="LAMBDA_ARN")
+    p.set_defaults(func=cmd_state_machine)
     labels = commands.add_parser("labels", help="the label store").add_subparsers(dest="labels_command", required=True)
     p = labels.add_parser("import", help="append every row of a label table (CSV) as a label version")
     p.add_argument("csv", type=Path)
@@ -100,6 +105,17 @@ def cmd_label(args: argparse.Namespace) -> int:
                                    "prelabels": sum(len(t.prelabels) for t in b.tasks)} for b in made],
                       "answers_written": sum(c.written for c in collected),
                       "batches_finished": sum(c.finished for c in collected)}))
+    return 0
+
+
+def cmd_state_machine(args: argparse.Namespace) -> int:
+    from cloud.labeling.step_functions import StateMachineSettings, labeling_state_machine_json
+    from device.config import validate_mapping
+
+    print(labeling_state_machine_json(validate_mapping(StateMachineSettings, {
+        "write_adjustment_manifest_function": args.adjustment_manifest_function,
+        "write_verification_manifest_function": args.verification_manifest_function,
+        "write_labels_function": args.labels_function}, "state-machine")))
     return 0
 
 

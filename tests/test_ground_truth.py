@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import subprocess
+import sys
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,6 +45,7 @@ from cloud.labeling.ground_truth import (
 )
 from cloud.labeling.service import Answer, Batch, Box, LabelingError, Progress, Task
 from cloud.labeling.step_functions import REQUEST_FIELDS, StateMachineSettings, labeling_state_machine
+from cloud.labels.local import LocalLabelStore
 from edge_inspect.loopback import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -702,17 +704,9 @@ def test_the_handlers_run_the_backend_steps_and_return_the_jobs_requests(aws):
     assert batch_id == BATCH_ID and answer.sha256 == SHA_A and answer.approved and answer.job == ADJUST
 
 
-RECORDED: list = []
-
-
-def record_answers(batch: Batch, answers: list[Answer]) -> None:
-    """A `write_answers` named by EDGE_INSPECT_WRITE_ANSWERS in the Lambda entry point test."""
-    RECORDED.append((batch.batch_id, [a.sha256 for a in answers]))
-
-
-def test_the_lambda_entry_points_take_settings_and_write_answers_from_the_environment(aws, moto, monkeypatch):
+def test_the_lambda_entry_points_take_settings_and_write_rows_to_the_configured_store(aws, moto, monkeypatch, tmp_path):
     monkeypatch.setenv(handlers.SETTINGS_ENV, aws.settings.model_dump_json())
-    monkeypatch.setenv(handlers.WRITE_ANSWERS_ENV, f"{__name__}:record_answers")
+    monkeypatch.setenv(handlers.LABEL_STORE_ENV, json.dumps({"backend": "local", "local": {"path": str(tmp_path)}}))
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
@@ -727,10 +721,11 @@ def test_the_lambda_entry_points_take_settings_and_write_answers_from_the_enviro
         assert aws.read(f"labeling/batches/{BATCH_ID}/adjustment.manifest")  # written through the Lambda's own client
         output = aws.write(adjustment_output_key(), jsonl(adjusted_line_a()))
         verified = aws.write(verification_output_key(), jsonl(verified_line_a(VERIFY_OK, "0")))
-        RECORDED.clear()
         result = handlers.lambda_write_labels({"batch": batch, "adjustment_job": ADJUST, "adjustment_output": output,
                                                "verification_job": VERIFY, "verification_output": verified})
-        assert result == {"batch_id": BATCH_ID, "answers": 1, "approved": 1} and RECORDED == [(BATCH_ID, [SHA_A])]
+        assert result == {"batch_id": BATCH_ID, "answers": 1, "approved": 1}
+        (row,) = LocalLabelStore(tmp_path).as_of(2e9)  # the shared conversion wrote it, APPROVED
+        assert row.status == "APPROVED" and row.labeling_job == ADJUST and row.boxes
         with pytest.raises(ValueError, match="adjustment_output"):  # a malformed event is refused, not guessed at
             handlers.lambda_write_verification_manifest({"batch": batch, "adjustment_job": ADJUST, "adjustment_output": "x"})
     finally:
@@ -740,12 +735,12 @@ def test_the_lambda_entry_points_take_settings_and_write_answers_from_the_enviro
 
 def test_the_lambda_entry_points_say_which_setting_is_missing(monkeypatch):
     monkeypatch.delenv(handlers.SETTINGS_ENV, raising=False)
-    monkeypatch.setenv(handlers.WRITE_ANSWERS_ENV, "not a spec")
+    monkeypatch.delenv(handlers.LABEL_STORE_ENV, raising=False)
     handlers.labeling_from_environment.cache_clear()
     handlers.write_answers_from_environment.cache_clear()
     with pytest.raises(LabelingError, match=f"{handlers.SETTINGS_ENV} is not set"):
         handlers.labeling_from_environment()
-    with pytest.raises(LabelingError, match="expected package.module:function"):
+    with pytest.raises(LabelingError, match=f"{handlers.LABEL_STORE_ENV} is not set"):
         handlers.write_answers_from_environment()
     handlers.write_answers_from_environment.cache_clear()
 
@@ -881,3 +876,18 @@ def test_the_backend_writes_and_reads_only_where_the_policies_allow(aws):
                request["HumanTaskConfig"]["UiConfig"]["UiTemplateS3Uri"]]
     assert all(uri.startswith(prefix + "batches/") for uri in written)
     assert request["OutputConfig"]["S3OutputPath"] == prefix + "output/"
+
+
+def test_the_cli_prints_a_state_machine_that_asl_validator_accepts(tmp_path):
+    arn = "arn:aws:lambda:eu-west-1:123456789012:function:edge-inspect-gt-{}"
+    done = subprocess.run([sys.executable, "-m", "edge_inspect", "cloud", "state-machine",
+                           "--adjustment-manifest-function", arn.format("a"),
+                           "--verification-manifest-function", arn.format("v"), "--labels-function", arn.format("l")],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert asl_validator(json.loads(done.stdout), tmp_path).returncode == 0
+    refused = subprocess.run([sys.executable, "-m", "edge_inspect", "cloud", "state-machine",
+                              "--adjustment-manifest-function", "not-an-arn", "--verification-manifest-function",
+                              arn.format("v"), "--labels-function", arn.format("l")],
+                             cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "write_adjustment_manifest_function" in refused.stderr

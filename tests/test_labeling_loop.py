@@ -18,7 +18,7 @@ from cloud.label_table import APPROVED, read_label_csv
 from cloud.labeling.loop import BatchRules, LabelingLoop
 from cloud.labeling.prelabels import PreLabeler
 from cloud.labeling.replay import ReplayLabeling, ReplaySettings
-from cloud.labeling.service import Answer, Box, Progress
+from cloud.labeling.service import Answer, Box, LabelingError, Progress
 from cloud.labels.local import LocalLabelStore
 from cloud.storage import ObjectStore, StorageSettings
 from edge_inspect.loopback import free_port
@@ -218,3 +218,45 @@ def test_batches_are_cut_by_size_per_line_and_by_wait(tmp_path, s3, bucket, meta
     now[0] = 4e9
     (last,) = loop.cut()
     assert (last.line, len(last.tasks)) == ("line-a", 1)
+
+
+class Down(Scripted):
+    """A backend that is down (or refuses the token) until `up` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = False
+
+    def submit(self, batch) -> str:
+        if not self.up:
+            raise LabelingError("label_studio: cannot reach http://127.0.0.1:9 (connection refused)")
+        return super().submit(batch)
+
+    def collect(self, batch, ref) -> Progress:
+        if not self.up:
+            raise LabelingError("label_studio: http://127.0.0.1:9 refused the API token (401)")
+        return super().collect(batch, ref)
+
+
+def test_a_backend_that_is_down_keeps_the_batch_until_it_is_back(tmp_path, s3, bucket, metal_tags, bundled_model,
+                                                                 caplog):
+    for p in photos(metal_tags, 2, 50):
+        upload_frame(s3.client(), bucket, p)
+    service = Down()
+    loop = make_loop(tmp_path, s3, bucket, metal_tags, bundled_model, service=service)
+    loop.catch_up()
+    (batch,) = loop.cut(force=True)
+    with caplog.at_level(logging.WARNING):
+        assert loop.submit_created() == 0
+    assert "not submitted (label_studio: cannot reach" in caplog.text
+    assert [b.state for b in loop.state.batches("created")] == ["created"]
+    service.up = True
+    assert loop.submit_created() == 1
+    service.up = False
+    with caplog.at_level(logging.WARNING):
+        assert loop.collect_submitted() == []
+    assert "refused the API token" in caplog.text
+    service.up = True
+    service.answers = {t.sha256: answer(t, []) for t in batch.tasks}
+    (done,) = loop.collect_submitted()
+    assert done.finished and loop.state.status().frames["labelled"] == 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import ssl
+import threading
 
 import paho.mqtt.client as paho
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -70,6 +71,7 @@ class SamplesSubscriber:
     def __init__(self, settings: BrokerSettings, bucket: str) -> None:
         self.settings, self.bucket = settings, bucket
         self.inbox: queue.Queue[Announced] = queue.Queue()
+        self.subscribed = threading.Event()  # the broker acknowledged our subscription
         self.client = self._client()
 
     def _client(self) -> paho.Client:
@@ -88,6 +90,7 @@ class SamplesSubscriber:
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_message = self._on_message
+        client.on_subscribe = lambda *args: self.subscribed.set()
         return client
 
     def start(self) -> None:

@@ -13,17 +13,15 @@ backend once per container from the environment, and return the result as JSON-r
 
 - `EDGE_INSPECT_GROUND_TRUTH`: the `labeling.ground_truth` settings as JSON (no secret in them:
   the function's own role gives the credentials);
-- `EDGE_INSPECT_WRITE_ANSWERS`: `package.module:function`, the `write_answers(batch, answers)` that
-  turns answers into label rows (the shared `cloud.labeling.rows` conversion and a label store).
+- `EDGE_INSPECT_LABEL_STORE`: the `label_store` settings as JSON (on AWS, `feature_store`): where
+  `write_labels` appends the rows, through the shared `cloud.labeling.rows.write_answers`.
 
 An exception fails the Lambda task; the state machine's Catch sends its message to the Fail state.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-import re
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -35,7 +33,7 @@ from cloud.labeling.service import Answer, Batch, LabelingError
 
 WriteAnswers = Callable[[Batch, list[Answer]], Any]
 SETTINGS_ENV = "EDGE_INSPECT_GROUND_TRUTH"
-WRITE_ANSWERS_ENV = "EDGE_INSPECT_WRITE_ANSWERS"
+LABEL_STORE_ENV = "EDGE_INSPECT_LABEL_STORE"
 _S3_URI = r"^s3://[^/]+/.+$"
 
 
@@ -107,15 +105,16 @@ def labeling_from_environment() -> GroundTruthLabeling:
 
 @cache
 def write_answers_from_environment() -> WriteAnswers:
-    """The `write_answers` named by the environment as `package.module:function`."""
-    spec = os.environ.get(WRITE_ANSWERS_ENV, "")
-    match = re.fullmatch(r"([A-Za-z_][\w.]*):([A-Za-z_]\w*)", spec)
-    if not match:
-        raise LabelingError(f"{WRITE_ANSWERS_ENV} is {spec!r}: expected package.module:function")
-    function = getattr(importlib.import_module(match[1]), match[2], None)
-    if not callable(function):
-        raise LabelingError(f"{WRITE_ANSWERS_ENV}: {spec} is not a function")
-    return function
+    """Answers -> rows in the label store named by the environment (cloud.labeling.rows)."""
+    from cloud.labeling.rows import write_answers
+    from cloud.labels.store import open_label_store
+    from cloud.settings import LabelStoreSettings
+
+    raw = os.environ.get(LABEL_STORE_ENV)
+    if not raw:
+        raise LabelingError(f"{LABEL_STORE_ENV} is not set: the label_store settings, as JSON")
+    store = open_label_store(LabelStoreSettings.model_validate_json(raw), os.environ.get("AWS_REGION"))
+    return lambda batch, answers: write_answers(store, batch, answers)
 
 
 def lambda_write_adjustment_manifest(event: dict[str, Any], context: Any = None) -> dict[str, Any]:

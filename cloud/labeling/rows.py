@@ -14,10 +14,15 @@ whatever backend it came from.
 from __future__ import annotations
 
 import hashlib
+import logging
+from dataclasses import dataclass
 
 from cloud.label_table import APPROVED, BoxLabel, LabelRecord
-from cloud.labeling.service import Answer, Box, Task
+from cloud.labeling.service import Answer, Batch, Box, Task
+from cloud.labels.store import LabelStore
 from cloud.labels.versions import LabelVersion
+
+log = logging.getLogger(__name__)
 
 PENDING = "PENDING"
 MIN_SIDE_PX = 1.0  # a box thinner than a pixel after clipping is no box
@@ -54,3 +59,28 @@ def to_version(task: Task, answer: Answer, classes: list[str]) -> LabelVersion:
 def answer_digest(answer: Answer) -> str:
     """What identifies an answer's content: the same answer reported again writes nothing."""
     return hashlib.sha256(answer.model_dump_json().encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Written:
+    versions: int
+    set_aside: list[str]  # why each answer left out was left out
+
+
+def write_answers(store: LabelStore, batch: Batch, answers: list[Answer]) -> Written:
+    """Every answer of a batch as a label version in one append; the ones that cannot be rows are
+    logged and left out. For drivers that see a batch's answers once, at its end (the Ground
+    Truth state machine); `cloud serve` notes each answer as it goes (cloud.labeling.loop)."""
+    tasks = {t.sha256: t for t in batch.tasks}
+    versions, problems = [], []
+    for answer in answers:
+        task = tasks.get(answer.sha256)
+        try:
+            if task is None:
+                raise AnswerRejected(f"frame {answer.sha256[:12]} is not in batch {batch.batch_id}")
+            versions.append(to_version(task, answer, batch.classes))
+        except AnswerRejected as exc:
+            log.warning("batch %s: answer set aside: %s", batch.batch_id, exc)
+            problems.append(str(exc))
+    store.append(versions)
+    return Written(len(versions), problems)

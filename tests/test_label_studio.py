@@ -19,7 +19,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
-from label_studio_sdk.client import LabelStudio
+from label_studio_api import LabelStudioPerson
 
 from cloud.labeling.label_studio import (
     MAX_URL_EXPIRY_S,
@@ -80,30 +80,29 @@ def same_box(got: Box, want: Box) -> bool:
 class Labeler:
     """A person at Label Studio, through its API: reads tasks, submits annotations."""
 
-    def __init__(self, client: LabelStudio, user_id: int) -> None:
+    def __init__(self, client: LabelStudioPerson, user_id: int) -> None:
         self.client, self.user_id = client, user_id
 
     def tasks(self, project: int) -> dict[str, dict[str, Any]]:
         """The project's tasks (with predictions and annotations) by frame sha256."""
-        return {t.data["sha256"]: t.model_dump() for t in self.client.tasks.list(project=project, fields="all")}
+        return {t["data"]["sha256"]: t for t in self.client.tasks(project)}
 
     def annotate(self, task: dict[str, Any], result: list[dict[str, Any]], *, ground_truth: bool = False,
                  skipped: bool = False) -> int:
-        made = self.client.annotations.create(id=task["id"], result=result, ground_truth=ground_truth,
-                                              was_cancelled=skipped, completed_by=self.user_id, lead_time=4.2)
-        return made.id
+        return self.client.annotate(task["id"], result, ground_truth=ground_truth, was_cancelled=skipped,
+                                    completed_by=self.user_id, lead_time=4.2)
 
 
 @pytest.fixture(scope="module")
-def admin(label_studio) -> LabelStudio:
-    return LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+def admin(label_studio) -> LabelStudioPerson:
+    return LabelStudioPerson(label_studio.url, label_studio.token)
 
 
 @pytest.fixture(scope="module")
 def labeler(admin) -> tuple[Labeler, str]:
     email = f"labeler-{uuid.uuid4().hex[:6]}@plant.test"
-    user = admin.users.create(username=email.split("@")[0], email=email, password=secrets.token_urlsafe(12))
-    return Labeler(admin, user.id), email
+    user = admin.create_user(email.split("@")[0], email, secrets.token_urlsafe(12))
+    return Labeler(admin, user["id"]), email
 
 
 @pytest.fixture
@@ -134,9 +133,9 @@ def test_a_batch_goes_to_label_studio_and_the_answers_come_back_in_pixels(label_
     project = json.loads(ref)["project"]
 
     # what arrived, as Label Studio shows it
-    got = admin.projects.get(id=project)
-    assert got.title == f"edge-inspect-{line}"
-    assert [e.get("value") for e in ET.fromstring(got.label_config).iter("Label")] == ["scratch", "dent"]
+    got = admin.project(project)
+    assert got["title"] == f"edge-inspect-{line}"
+    assert [e.get("value") for e in ET.fromstring(got["label_config"]).iter("Label")] == ["scratch", "dent"]
     tasks = person.tasks(project)
     assert set(tasks) == {t.sha256 for t in batch.tasks}
     data = tasks[f_kept.sha256]["data"]
@@ -181,10 +180,10 @@ def test_a_batch_goes_to_label_studio_and_the_answers_come_back_in_pixels(label_
     # submitting the same batch again (a crash before the ref was saved) imports nothing
     assert backend.submit(batch) == ref
     assert len(person.tasks(project)) == 4
-    assert len(admin.predictions.list(project=project)) == 3
+    assert len(admin.predictions(project)) == 3
 
     # a reviewer stars the drawn frame; the skipped one gets labelled after all: the batch is finished
-    admin.annotations.update(id=drawn, ground_truth=True)
+    admin.update_annotation(drawn, ground_truth=True)
     skipped_task = person.tasks(project)[f_skip.sha256]
     person.annotate(skipped_task, skipped_task["predictions"][0]["result"], ground_truth=True)
     progress = backend.collect(batch, ref)
@@ -211,7 +210,7 @@ def test_a_second_batch_of_the_line_shares_its_project_and_can_add_a_class(setti
     person.annotate(task, task["predictions"][0]["result"], ground_truth=True)
 
     assert backend.submit(second) == ref  # same line, same project
-    config = admin.projects.get(id=project).label_config
+    config = admin.project(project)["label_config"]
     assert [e.get("value") for e in ET.fromstring(config).iter("Label")] == ["scratch", ODD_CLASS]
     assert backend.collect(second, ref).answers == []  # the first batch's answer is not the second's
     assert [a.sha256 for a in backend.collect(first, ref).answers] == [first.tasks[0].sha256]
@@ -220,13 +219,13 @@ def test_a_second_batch_of_the_line_shares_its_project_and_can_add_a_class(setti
     [answer] = backend.collect(second, ref).answers
     assert same_box(answer.boxes[0], Box(class_name=ODD_CLASS, left=5, top=5, width=50, height=20))
 
-    admin.projects.delete(id=project)  # someone deleted the project: the batch can never finish
+    admin.delete_project(project)  # someone deleted the project: the batch can never finish
     assert f"project {project}" in backend.collect(second, ref).failure
 
 
 def test_a_personal_access_token_works_too(label_studio, admin, monkeypatch):
-    """Label Studio 1.23's default kind of token (a JWT refresh token the SDK trades for access tokens)."""
-    pat = admin.tokens.create().token
+    """Label Studio 1.23's default kind of token (a JWT refresh token traded for access tokens)."""
+    pat = admin.create_personal_access_token()
     monkeypatch.setenv(TOKEN_ENV, pat)
     settings = LabelStudioSettings(url=label_studio.url, token_env=TOKEN_ENV)
     line = new_line()

@@ -15,7 +15,7 @@ from typing import Any
 from cloud_helpers import CloudServe, cloud_json
 from conftest import METAL_TAGS
 from daemon_helpers import DaemonProcess, wait_until
-from label_studio_sdk.client import LabelStudio
+from label_studio_api import LabelStudioPerson
 from moto_s3 import MotoS3, set_credentials
 from test_cloud_serve import BUCKET, cloud_config, daemon_config, frame_states, scratched_photos
 
@@ -30,11 +30,9 @@ TOKEN_ENV = "EDGE_INSPECT_LABEL_STUDIO_TOKEN"
 LINE = "line-1"  # the daemon's thing name: its Label Studio project is edge-inspect-line-1
 
 
-def project_tasks(client: LabelStudio) -> list[dict[str, Any]]:
-    projects = [p for p in client.projects.list() if p.title == f"edge-inspect-{LINE}"]
-    if not projects:
-        return []
-    return [t.model_dump() for t in client.tasks.list(project=projects[0].id, fields="all")]
+def project_tasks(client: LabelStudioPerson) -> list[dict[str, Any]]:
+    projects = [p for p in client.projects() if p["title"] == f"edge-inspect-{LINE}"]
+    return client.tasks(projects[0]["id"]) if projects else []
 
 
 def photos_the_model_finds_scratches_on(count: int) -> list:
@@ -55,8 +53,8 @@ def region(value: dict, label: str, rid: str, width: int, height: int) -> dict[s
             "value": {**value, "rotation": 0, "rectanglelabels": [label]}}
 
 
-def annotate(client: LabelStudio, task: dict, result: list[dict], ground_truth: bool) -> int:
-    return client.annotations.create(id=task["id"], result=result, ground_truth=ground_truth, lead_time=3.0).id
+def annotate(client: LabelStudioPerson, task: dict, result: list[dict], ground_truth: bool) -> int:
+    return client.annotate(task["id"], result, ground_truth=ground_truth, lead_time=3.0)
 
 
 def test_sampled_frames_become_label_studio_tasks_and_reviewed_annotations_become_rows(tmp_path, broker, label_studio):
@@ -69,7 +67,7 @@ def test_sampled_frames_become_label_studio_tasks_and_reviewed_annotations_becom
     config = cloud_config(tmp_path, broker.port, s3.port,
                           {"backend": "label_studio", "label_studio": {"url": label_studio.url}}, batch_size=6)
     env = {TOKEN_ENV: label_studio.token}
-    client = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    client = LabelStudioPerson(label_studio.url, label_studio.token)
     state = tmp_path / "labeling.sqlite"
     serve = CloudServe(config, env=env)
     daemon = DaemonProcess(daemon_config(tmp_path, broker.port, s3.port, incoming))
@@ -113,8 +111,8 @@ def test_sampled_frames_become_label_studio_tasks_and_reviewed_annotations_becom
         assert [v.record.status for v in store.history(pending["data"]["key"])] == ["PENDING"]
         assert cloud_json(config, "labels", "status", env=env)["open_batches"][0]["answers_written"] == 6
         # the reviewer accepts the last one: the batch closes
-        (answer,) = client.annotations.list(id=pending["id"])
-        client.annotations.update(id=answer.id, ground_truth=True)
+        (answer,) = client.annotations(pending["id"])
+        client.update_annotation(answer["id"], ground_truth=True)
         assert wait_until(lambda: frame_states(state).get("labelled") == 6, 60), serve.log_text()[-3000:]
     finally:
         serve.stop()

@@ -1,4 +1,5 @@
-"""The on-site labeling backend: Label Studio (Community edition), through its Python SDK.
+"""The on-site labeling backend: Label Studio (Community edition), through its REST API
+(`label_studio_api`: httpx; why not the SDK is said there).
 
 - One project per line, titled `{project_prefix}-{line}`: found by its title, or created with a
   RectangleLabels config over the batch's classes. A batch with a class the project lacks adds
@@ -18,12 +19,11 @@
   the annotation carries it (`last_action` accepted / fixed_and_accepted). The batch is finished
   when every task of it still in the project has an approved answer (a task deleted in Label
   Studio is a frame someone chose not to label); a deleted project fails the batch.
-- Every call runs once (no SDK retries): a POST retried after the server did it would import a
+- Every call runs once (no retries): a POST retried after the server did it would import a
   batch twice, and the labeling loop retries the whole step at its next round anyway.
 - The API token comes from an environment variable or a file, never from cloud.yaml; it is
-  registered with `device.redact` and never put in an error or a log record. The SDK's own
-  `ApiError` text is mostly the reply's headers, so errors are built from the status code and
-  the reply's `detail` only.
+  registered with `device.redact` and never put in an error or a log record. Errors are built
+  from the status code and the reply's `detail` only (never a header: replies set a cookie).
 
 Concurrent `submit`s of one batch (two loops on one server) are not guarded against: the loop
 is one process.
@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from cloud.labeling.label_studio_api import ApiError, LabelStudioApi, Page
 from cloud.labeling.service import Answer, Batch, Box, LabelingError, Progress, Task
 from device.redact import remember_secrets
 
@@ -175,7 +176,7 @@ class LsUser(_Reply):
 
 class ImportReply(_Reply):
     task_count: int | None = None
-    import_: int | None = None  # non-Community editions import asynchronously and say so
+    import_: int | None = Field(None, alias="import")  # non-Community editions import asynchronously and say so
 
 
 class RegionOut(BaseModel):
@@ -329,8 +330,8 @@ class LabelStudioLabeling:
     def __init__(self, settings: LabelStudioSettings, image_url: Callable[[str, str], str],
                  model_version: str = "production", client: Any = None) -> None:
         """`image_url(bucket, key)` gives the URL a labeler's browser loads (a presigned S3 URL);
-        `model_version` names the pre-labels' model in Label Studio; `client` is an SDK client
-        (default: one made from the settings)."""
+        `model_version` names the pre-labels' model in Label Studio; `client` is a
+        `LabelStudioApi` (default: one made from the settings)."""
         self.settings = settings
         self.image_url = image_url
         self.model_version = model_version
@@ -339,13 +340,10 @@ class LabelStudioLabeling:
         self._emails: dict[int, str] = {}
 
     def _make_client(self) -> Any:
-        from label_studio_sdk.client import LabelStudio  # imported here: cloud.settings imports this module
+        def make() -> LabelStudioApi:
+            return LabelStudioApi(self.settings.base_url, self._token.get_secret_value(), self.settings.timeout_s)
 
-        def make() -> Any:
-            return LabelStudio(base_url=self.settings.base_url, api_key=self._token.get_secret_value(),
-                               timeout=self.settings.timeout_s, max_retries=0)
-
-        return self._call("connecting", make)  # a JWT token is checked (expiry) right here
+        return self._call("connecting", make)  # a Personal Access Token is exchanged right here
 
     # -- errors -------------------------------------------------------------------------------------
 
@@ -356,13 +354,11 @@ class LabelStudioLabeling:
             return fn()
         except LabelingError:
             raise
-        except Exception as exc:  # the SDK raises httpx, its own and pydantic errors
+        except Exception as exc:  # httpx's errors, ApiError, a reply that is not what we expect
             raise LabelingError(self._scrub(self._explain(what, exc))) from None
 
     def _explain(self, what: str, exc: Exception) -> str:
         import httpx
-        from label_studio_sdk.core.api_error import ApiError
-        from label_studio_sdk.core.parse_error import ParsingError
 
         url, where = self.settings.base_url, f"label_studio: {what} at {self.settings.base_url}"
         if isinstance(exc, httpx.TimeoutException):
@@ -372,7 +368,7 @@ class LabelStudioLabeling:
             return f"{where}: cannot connect ({_one_line(exc)}): is Label Studio running, and is `url` right?"
         if isinstance(exc, httpx.HTTPError):
             return f"{where}: {type(exc).__name__}: {_one_line(exc)}"
-        if isinstance(exc, ApiError):  # its str() is mostly response headers: status and detail say it
+        if isinstance(exc, ApiError):
             detail = _detail(exc.body)
             if exc.status_code in (401, 403):
                 source = (f"the token file {self.settings.token_file}" if self.settings.token_file
@@ -381,7 +377,7 @@ class LabelStudioLabeling:
                         "a legacy token needs LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true on Label Studio 1.23 and "
                         f"later, or use a Personal Access Token from {url}/user/account")
             return f"{where}: HTTP {exc.status_code}: {detail}"
-        if isinstance(exc, (ParsingError, ValidationError, ValueError)):
+        if isinstance(exc, (ValidationError, ValueError, AttributeError, TypeError)):
             return f"{where}: unexpected reply ({type(exc).__name__}: {_one_line(exc)[:300]}): is `url` a Label Studio?"
         return f"{where}: {type(exc).__name__}: {_one_line(exc)[:300]}"
 
@@ -394,49 +390,41 @@ class LabelStudioLabeling:
     def _project(self, batch: Batch) -> LsProject:
         """The line's project: found by exact title, created if missing, its classes completed."""
         title = project_title(self.settings.project_prefix, batch.line)
-        listed = self._pages("projects.list", lambda page: self._client.projects.list(
-            title=title, page=page, page_size=PAGE_SIZE))
+        listed = self._pages("projects.list", lambda page: self._client.projects_page(title, page, PAGE_SIZE))
         found = [p for p in (self._reply(LsProject, raw, "projects.list") for raw in listed) if p.title == title]
         if len(found) > 1:
             raise LabelingError(f"label_studio: {len(found)} projects are titled {title!r} at {self.settings.base_url} "
                                 f"(ids {', '.join(str(p.id) for p in found)}): rename or delete all but one")
         if not found:
-            created = self._call("projects.create", lambda: self._client.projects.create(
-                title=title, label_config=label_config(batch.classes),
-                description=f"edge-inspect: frames of line {batch.line} to label",
-                request_options={"max_retries": 0}).model_dump())
+            created = self._call("projects.create", lambda: self._client.create_project(
+                title, label_config(batch.classes), f"edge-inspect: frames of line {batch.line} to label"))
             project = self._reply(LsProject, created, "projects.create")
             log.info("label_studio: created project %d %r", project.id, title)
             return project
         project = self._full_project(found[0].id)
         extended = with_classes(project.label_config or "", batch.classes, title)
         if extended is not None:
-            self._call("projects.update", lambda: self._client.projects.update(
-                id=project.id, label_config=extended, request_options={"max_retries": 0}))
+            self._call("projects.update", lambda: self._client.update_project(project.id, extended))
             log.info("label_studio: project %d %r: labeling config extended to the batch's classes", project.id, title)
         return project
 
     def _full_project(self, project_id: int) -> LsProject:
-        got = self._call(f"projects.get {project_id}", lambda: self._client.projects.get(id=project_id).model_dump())
+        got = self._call(f"projects.get {project_id}", lambda: self._client.project(project_id))
         return self._reply(LsProject, got, "projects.get")
 
-    def _pages(self, what: str, list_page: Callable[[int], Any]) -> list[dict[str, Any]]:
-        """Every item of a paged list, as dicts. Page by page rather than through the SDK's pager,
-        which always asks for one page past the end (Label Studio answers 404 and logs an EmptyPage
-        traceback: one per batch per poll). The reply's total (`total` for tasks, `count` for
-        projects) says when to stop, as a server may cap the page size below ours."""
-        from label_studio_sdk.core.api_error import ApiError
+    def _pages(self, what: str, list_page: Callable[[int], Page]) -> list[dict[str, Any]]:
+        """Every item of a paged list. The reply's total (`total` for tasks, `count` for projects)
+        says when to stop, never a page past the end (Label Studio answers that with a 404 and
+        logs a traceback), as a server may cap the page size below ours."""
 
         def one(page: int) -> tuple[list[dict[str, Any]], int | None]:
             try:
-                pager = list_page(page)
+                got = list_page(page)
             except ApiError as exc:
                 if exc.status_code == 404 and page > 1:  # past the end after all
                     return [], None
                 raise
-            total = getattr(pager.response, "total", None)
-            total = getattr(pager.response, "count", None) if total is None else total
-            return [item.model_dump() for item in pager.items or []], total
+            return got.items, got.total
 
         items: list[dict[str, Any]] = []
         for page in range(1, 100_000):
@@ -460,8 +448,8 @@ class LabelStudioLabeling:
         Manager's exact match on `data.batch_id`; it is checked again here all the same."""
         query = json.dumps({"filters": {"conjunction": "and", "items": [
             {"filter": "filter:tasks:data.batch_id", "operator": "equal", "type": "String", "value": batch_id}]}})
-        listed = self._pages(f"tasks.list (project {project_id})", lambda page: self._client.tasks.list(
-            project=project_id, query=query, fields="all", page=page, page_size=PAGE_SIZE))
+        listed = self._pages(f"tasks.list (project {project_id})",
+                             lambda page: self._client.tasks_page(project_id, query, page, PAGE_SIZE))
         tasks = [self._reply(LsTask, raw, "tasks.list") for raw in listed]
         return [t for t in tasks if t.data.get("batch_id") == batch_id]
 
@@ -478,8 +466,8 @@ class LabelStudioLabeling:
         missing = [t for t in batch.tasks if t.sha256 not in present]
         if missing:
             request = [self._task_out(batch, t) for t in missing]
-            reply = self._call(f"projects.import_tasks (project {project.id})", lambda: self._client.projects.import_tasks(
-                id=project.id, request=request, request_options={"max_retries": 0}).model_dump())
+            reply = self._call(f"projects.import_tasks (project {project.id})",
+                               lambda: self._client.import_tasks(project.id, request))
             imported = self._reply(ImportReply, reply, "projects.import_tasks")
             if imported.import_ is None and imported.task_count != len(missing):
                 raise LabelingError(f"label_studio: projects.import_tasks at {self.settings.base_url} imported "
@@ -516,10 +504,8 @@ class LabelStudioLabeling:
         return Progress(answers=answers, finished=all(t.sha256 in approved for t in present))
 
     def _project_gone(self, project_id: int) -> bool:
-        from label_studio_sdk.core.api_error import ApiError
-
         try:
-            self._client.projects.get(id=project_id)
+            self._client.project(project_id)
         except ApiError as exc:
             return exc.status_code == 404
         except Exception:  # down, refused: not known to be gone; the first error stands
@@ -555,7 +541,7 @@ class LabelStudioLabeling:
         """Every user's email, once per new annotator (an organization's few users in one call).
         A token that may not list users (an Enterprise annotator's) names labelers by id."""
         try:
-            listed = self._call("users.list", lambda: [u.model_dump() for u in self._client.users.list()])
+            listed = self._call("users.list", self._client.users)
         except LabelingError as exc:
             log.warning("%s; labelers are named by their Label Studio id", exc)
             return

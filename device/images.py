@@ -73,14 +73,21 @@ def load_image(path: str | Path, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     reason) for anything that is not a readable image within the limits."""
     path = Path(path)
     data, key = _read_bounded(path, max_file_bytes)
-    _check_pixels(path, data, max_pixels)
+    return decode_image(data, path, max_pixels), key
+
+
+def decode_image(data: bytes, source: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 formats: tuple[str, ...] = HEADER_FORMATS) -> np.ndarray:
+    """Bytes already read (a file, an object from a bucket) as a BGR uint8 image: the header's
+    pixel count checked before anything is decoded; ImageRejected naming `source` otherwise."""
+    _check_pixels(source, data, max_pixels, formats)
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as exc:  # OpenCV's own checks (e.g. OPENCV_IO_MAX_IMAGE_PIXELS)
-        raise ImageRejected(path, f"not a readable image ({str(exc).strip().splitlines()[-1]})") from None
+        raise ImageRejected(source, f"not a readable image ({str(exc).strip().splitlines()[-1]})") from None
     if image is None:
-        raise ImageRejected(path, "not a readable image (empty, truncated or not an image format)")
-    return image, key
+        raise ImageRejected(source, "not a readable image (empty, truncated or not an image format)")
+    return image
 
 
 def read_image(path: str | Path, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
@@ -137,15 +144,16 @@ def _open_failure(path: Path, exc: OSError) -> str:
     return f"not readable ({exc.strerror or exc})"
 
 
-def _check_pixels(path: Path, data: bytes, max_pixels: int) -> None:
+def _check_pixels(path: str | Path, data: bytes, max_pixels: int, formats: tuple[str, ...] = HEADER_FORMATS) -> None:
     """Refuse an image whose header declares more than `max_pixels`; nothing is decoded."""
     try:
-        with Image.open(io.BytesIO(data), formats=HEADER_FORMATS) as probe:
+        with Image.open(io.BytesIO(data), formats=formats) as probe:
             width, height = probe.size
     except Image.DecompressionBombError as exc:  # Pillow's own ceiling, far above any sane max_pixels
         raise ImageRejected(path, f"too many pixels ({exc}); the limit (max_pixels) is {max_pixels}") from None
     except UnidentifiedImageError:
-        raise ImageRejected(path, "not a readable image (not a JPEG, PNG, BMP, TIFF or WebP file)") from None
+        kinds = "JPEG, PNG, BMP, TIFF or WebP" if formats == HEADER_FORMATS else " or ".join(formats)
+        raise ImageRejected(path, f"not a readable image (not a {kinds} file)") from None
     except Exception as exc:  # Pillow raises many types for a header it cannot parse
         raise ImageRejected(path, f"not a readable image ({type(exc).__name__}: {exc})") from None
     if width * height > max_pixels:

@@ -15,7 +15,6 @@ import logging
 import time
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from pydantic import ValidationError
 
@@ -23,7 +22,7 @@ from cloud.ingest.state import LabelingState, PendingFrame
 from cloud.storage import RAW_KEY, ObjectStore, ObjectTooLarge, StorageError
 from device.config import format_validation_error
 from device.contracts import Sidecar
-from device.images import DEFAULT_MAX_PIXELS
+from device.images import ImageRejected, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -58,22 +57,12 @@ def read_sidecar(store: ObjectStore, key: str) -> Sidecar:
 
 
 def decode_frame(data: bytes, key: str) -> np.ndarray:
-    """The JPEG as BGR pixels, its declared size checked before decoding (device.images' rule)."""
-    from PIL import Image
-
+    """The JPEG as BGR pixels, by the device's own rule (device.images: the header's pixel count
+    checked before decoding), JPEG only: the spool writes nothing else."""
     try:
-        import io
-
-        with Image.open(io.BytesIO(data), formats=("JPEG",)) as probe:
-            width, height = probe.size
-    except Exception as exc:  # Pillow raises many types for a header it cannot parse
-        raise FrameRejected(f"{key} is not a readable JPEG ({type(exc).__name__})") from None
-    if width * height > DEFAULT_MAX_PIXELS:
-        raise FrameRejected(f"{key} declares {width}x{height} pixels, over the limit of {DEFAULT_MAX_PIXELS}")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise FrameRejected(f"{key} does not decode as an image")
-    return image
+        return decode_image(data, key, formats=("JPEG",))
+    except ImageRejected as exc:
+        raise FrameRejected(f"{key} is not a readable JPEG within the limits: {exc.reason}") from None
 
 
 def read_frame(store: ObjectStore, key: str) -> np.ndarray:

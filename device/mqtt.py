@@ -22,7 +22,7 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 
-from device.config import MqttConfig
+from device.config import MqttConfig, TlsConfig
 from device.messages import Outbound, available
 from device.sinks import Sink
 
@@ -102,6 +102,17 @@ def describe_refusal(reason_code) -> str:
     if "identifier" in text.lower():
         return f"{text} — check mqtt.client_id"
     return text
+
+
+def apply_tls(client: paho.Client, tls: TlsConfig) -> None:
+    """Certificates verified always (CERT_REQUIRED); host names unless `insecure`."""
+    if not tls.enabled:
+        return
+    client.tls_set(ca_certs=str(tls.ca_certs) if tls.ca_certs else None,
+                   certfile=str(tls.certfile) if tls.certfile else None,
+                   keyfile=str(tls.keyfile) if tls.keyfile else None,
+                   cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    client.tls_insecure_set(tls.insecure)
 
 
 class _Client(paho.Client):
@@ -189,15 +200,7 @@ class MqttSink(Sink):
         client.max_inflight_messages_set(100)
         if cfg.username:
             client.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password else None)
-        if cfg.tls.enabled:
-            client.tls_set(
-                ca_certs=str(cfg.tls.ca_certs) if cfg.tls.ca_certs else None,
-                certfile=str(cfg.tls.certfile) if cfg.tls.certfile else None,
-                keyfile=str(cfg.tls.keyfile) if cfg.tls.keyfile else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-            client.tls_insecure_set(cfg.tls.insecure)
+        apply_tls(client, cfg.tls)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_connect_fail = self._on_connect_fail

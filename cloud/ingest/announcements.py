@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import ssl
 import threading
 
 import paho.mqtt.client as paho
@@ -18,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from device.config import TlsConfig, check_topic_prefix, format_validation_error
 from device.contracts import Samples
-from device.mqtt import describe_refusal
+from device.mqtt import apply_tls, describe_refusal
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +79,7 @@ class SamplesSubscriber:
                              protocol=paho.MQTTv311, clean_session=False)
         if cfg.username:
             client.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password else None)
-        if cfg.tls.enabled:
-            client.tls_set(ca_certs=str(cfg.tls.ca_certs) if cfg.tls.ca_certs else None,
-                           certfile=str(cfg.tls.certfile) if cfg.tls.certfile else None,
-                           keyfile=str(cfg.tls.keyfile) if cfg.tls.keyfile else None,
-                           cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-            client.tls_insecure_set(cfg.tls.insecure)
+        apply_tls(client, cfg.tls)
         client.reconnect_delay_set(1, 30)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail

@@ -22,8 +22,8 @@ $(VENV)/.device-installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[train,dev,bench,openvino,onsite]'
-	$(BIN)/python -c "import torchvision.ops, ultralytics, onnxruntime, openvino, duckdb, cv2"
+	$(PIP) install -e '.[train,dev,bench,openvino,onsite,cloud]'
+	AWS_DEFAULT_REGION=us-east-1 $(BIN)/python -c "import torchvision.ops, ultralytics, onnxruntime, openvino, duckdb, cv2, mlflow, sagemaker.mlops.workflow"
 	touch $@ $(VENV)/.device-installed
 
 venv: $(VENV)/.device-installed

@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import yaml
 
@@ -113,8 +114,23 @@ def image_inside(images_root: Path, source_ref: str) -> Path:
     return path
 
 
+class ImageSource(Protocol):
+    """Where the images named by `source_ref` are: a folder (`LocalImages`) or the frames' bucket
+    (`cloud.pipeline.images.BucketImages`)."""
+
+    def copy(self, source_ref: str, dest: Path) -> None: ...
+
+
+@dataclass(frozen=True)
+class LocalImages:
+    root: Path
+
+    def copy(self, source_ref: str, dest: Path) -> None:
+        shutil.copy2(image_inside(self.root, source_ref), dest)
+
+
 def write_yolo_dataset(
-    split: DatasetSplit, images_root: str | Path, out_dir: str | Path, class_names: Sequence[str]
+    split: DatasetSplit, images: str | Path | ImageSource, out_dir: str | Path, class_names: Sequence[str]
 ) -> Path:
     """Write `out_dir/{images,labels}/{split}/` and `out_dir/data.yaml`; returns data.yaml.
 
@@ -122,7 +138,8 @@ def write_yolo_dataset(
     names are the records' base names; two records with the same base name would overwrite each
     other, so that is an error.
     """
-    images_root, out_dir = Path(images_root), Path(out_dir)
+    source_of = LocalImages(Path(images)) if isinstance(images, (str, Path)) else images
+    out_dir = Path(out_dir)
     for sub in ("images", "labels"):
         shutil.rmtree(out_dir / sub, ignore_errors=True)
     seen: dict[str, str] = {}
@@ -130,11 +147,11 @@ def write_yolo_dataset(
         (out_dir / "images" / name).mkdir(parents=True, exist_ok=True)
         (out_dir / "labels" / name).mkdir(parents=True, exist_ok=True)
         for record in records:
-            source = image_inside(images_root, record.source_ref)
+            source = safe_relative_path(record.source_ref)
             if source.name in seen:
                 raise LabelTableError(f"{record.source_ref!r} and {seen[source.name]!r} share a file name")
             seen[source.name] = record.source_ref
-            shutil.copy2(source, out_dir / "images" / name / source.name)
+            source_of.copy(record.source_ref, out_dir / "images" / name / source.name)
             label_file = out_dir / "labels" / name / f"{source.stem}.txt"
             label_file.write_text("".join(line + "\n" for line in yolo_label_lines(record)))
     data_yaml = out_dir / "data.yaml"

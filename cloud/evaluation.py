@@ -34,9 +34,12 @@ class EvalResult:
     recall: float
     images: int
     instances: int
+    alert_conf: float | None = None
+    recall_at_alert: float | None = None  # share of true boxes found at IoU >= 0.5 by a detection >= alert_conf
 
     def to_dict(self) -> dict[str, float | int]:
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()
+                if not (k in ("alert_conf", "recall_at_alert") and v is None)}
 
 
 def _images_dir(data: Path, split: str) -> Path:
@@ -74,7 +77,20 @@ def split_images(data: str | Path, split: str) -> list[Path]:
     return list_images([Path(_images_dir(Path(data), split))])
 
 
-def evaluate(model: str | Path, data: str | Path, split: str = "test", runtime: str = "onnxruntime") -> EvalResult:
+def _matched_at(matcher, found, true_cls: np.ndarray, iou, alert_conf: float) -> int:
+    """True boxes matched one-to-one at IoU >= 0.5 by detections the daemon would alert on."""
+    import torch
+
+    keep = [i for i, d in enumerate(found) if d.confidence >= alert_conf]
+    if not keep or not len(true_cls):
+        return 0
+    pred_cls = torch.tensor([found[i].class_id for i in keep], dtype=torch.float32)
+    tp = matcher.match_predictions(pred_cls, torch.tensor(true_cls, dtype=torch.float32), iou[:, keep])
+    return int(tp[:, 0].sum())
+
+
+def evaluate(model: str | Path, data: str | Path, split: str = "test", runtime: str = "onnxruntime",
+             alert_conf: float | None = None) -> EvalResult:
     try:
         import torch
         from ultralytics.models.yolo.detect import DetectionValidator
@@ -90,7 +106,7 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", runtime: 
     # creating runs/detect/train-N in the working directory on every call
     with tempfile.TemporaryDirectory(prefix="eval-") as scratch:
         matcher = DetectionValidator(save_dir=Path(scratch))
-    instances = 0
+    instances = matched = 0
     for image_path in images:
         frame = read_image(image_path)
         height, width = frame.shape[:2]
@@ -105,6 +121,8 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", runtime: 
             tp = matcher.match_predictions(
                 torch.tensor(pred_cls), torch.tensor(true_cls, dtype=torch.float32), iou
             ).numpy()
+            if alert_conf is not None:
+                matched += _matched_at(matcher, found, true_cls, iou, alert_conf)
         metrics.update_stats(
             {"tp": tp, "conf": conf, "pred_cls": pred_cls, "target_cls": true_cls,
              "target_img": np.unique(true_cls), "im_name": image_path.name}
@@ -118,6 +136,8 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", runtime: 
         recall=float(results["metrics/recall(B)"]),
         images=len(images),
         instances=instances,
+        alert_conf=alert_conf,
+        recall_at_alert=(matched / instances if instances else 0.0) if alert_conf is not None else None,
     )
 
 

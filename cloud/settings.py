@@ -28,6 +28,8 @@ from cloud.labeling.ground_truth import GroundTruthSettings
 from cloud.labeling.label_studio import LabelStudioSettings
 from cloud.labeling.replay import ReplaySettings
 from cloud.labels.feature_store import FeatureStoreSettings
+from cloud.pipeline.params import PipelineParams
+from cloud.pipeline.sagemaker_pipeline import SageMakerPipelineSettings
 from cloud.storage import StorageSettings
 from device.config import load_config_file, validate_mapping
 
@@ -78,12 +80,47 @@ class LabelingSettings(Strict):
         return self
 
 
+class MlflowRegistrySettings(Strict):
+    path: Path = Field(description="folder of the on-site registry (MLflow SQLite database and artifacts)")
+
+
+class SageMakerRegistrySettings(Strict):
+    bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$", description="bucket for model artifacts")
+    prefix: str = Field("edge-inspect/models", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+
+
+class RegistrySettings(Strict):
+    backend: Literal["mlflow", "sagemaker"] = "mlflow"
+    mlflow: MlflowRegistrySettings | None = None
+    sagemaker: SageMakerRegistrySettings | None = None
+
+    @model_validator(mode="after")
+    def _chosen_backend_is_configured(self) -> RegistrySettings:
+        if getattr(self, self.backend) is None:
+            raise ValueError(f"backend is {self.backend} but the `{self.backend}` section is missing")
+        return self
+
+
+class PipelineSettings(Strict):
+    state_path: Path = Field(description="the on-site runs (SQLite)")
+    work_dir: Path = Field(description="one folder per run: dataset, training, candidate")
+    photos: Path | None = Field(None, description="folder that label rows' photo paths are relative to")
+    trigger_new_labels: int = Field(200, ge=1, le=10_000_000,
+                                    description="`cloud serve` starts a run after this many new APPROVED labels")
+    check_minutes: float = Field(10, ge=0.05, le=24 * 60, description="how often `cloud serve` counts new labels")
+    params: PipelineParams = PipelineParams()
+    registry: RegistrySettings
+    seed_bundled: bool = Field(True, description="an empty registry starts with the bundled model, Approved")
+    sagemaker: SageMakerPipelineSettings | None = Field(None, description="the same pipeline on SageMaker")
+
+
 class CloudConfig(Strict):
     region: str | None = Field(None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d$", description="AWS region (AWS backends)")
     storage: StorageSettings | None = None
     broker: BrokerSettings | None = None
     labeling: LabelingSettings | None = None
     label_store: LabelStoreSettings
+    pipeline: PipelineSettings | None = None
 
     @model_validator(mode="after")
     def _labeling_needs_storage(self) -> CloudConfig:

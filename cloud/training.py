@@ -3,13 +3,12 @@
 the device detector -> model card.
 
 Resumable: the run lives in one output folder. Run the same command again after an interruption
-and it continues from the last whole checkpoint (`resume.pt`, see `_keep_resume_point`); a
+and it continues from the last whole checkpoint (`resume.pt`, see `keep_resume_point`); a
 finished run is not retrained, only re-exported and re-scored if those steps did not finish.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -25,18 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from cloud.dataset import SplitFractions, split_by_photo, write_yolo_dataset
 from cloud.evaluation import evaluate
 from cloud.label_table import read_label_csv
+from cloud.pipeline.train import RUN_SUBDIR, TrainingError, TrainParams, export_onnx, read_curve, train
 from device.detector import file_sha256
 from device.model_card import ModelCard, card_path_for, package_versions
 
 log = logging.getLogger(__name__)
 
-RUN_SUBDIR = "ultralytics"
 STATE_FILE = "train_state.json"
-RESUME_POINT = "resume.pt"  # an always-whole copy of Ultralytics' last.pt
-
-
-class TrainingError(RuntimeError):
-    pass
 
 
 class TrainSettings(BaseModel):
@@ -70,14 +64,6 @@ class TrainSettings(BaseModel):
         return self.model_dump(mode="json", exclude={"workers", "mlflow"})
 
 
-def _configure_ultralytics(mlflow: bool) -> None:
-    """Ultralytics logs to MLflow whenever mlflow is importable, and reports to its hub; the
-    first is opt-in here and the second is off (the machines have no internet)."""
-    from ultralytics import settings
-
-    settings.update({"mlflow": mlflow, "sync": False})
-
-
 def _load_state(out: Path) -> dict[str, Any]:
     state_file = out / STATE_FILE
     return json.loads(state_file.read_text()) if state_file.is_file() else {}
@@ -89,84 +75,18 @@ def _save_state(out: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, out / STATE_FILE)
 
 
-def _keep_resume_point(trainer) -> None:
-    """Ultralytics rewrites last.pt in place (`write_bytes`): a kill during that write leaves a
-    truncated checkpoint. After each save, copy it to resume.pt by temp file, fsync and rename, so
-    there is always one whole checkpoint to resume from."""
-    last = Path(trainer.last)
-    resume_point = last.with_name(RESUME_POINT)
-    tmp = resume_point.with_name(RESUME_POINT + ".tmp")
-    with last.open("rb") as source, tmp.open("wb") as target:
-        shutil.copyfileobj(source, target)
-        target.flush()
-        os.fsync(target.fileno())
-    os.replace(tmp, resume_point)
-
-
 def _train(settings: TrainSettings, data_yaml: Path, out: Path, resume: bool) -> Path:
-    from ultralytics import YOLO
-
-    run_dir = out / RUN_SUBDIR
-    resume_point = run_dir / "weights" / RESUME_POINT
-    if resume and resume_point.is_file():
-        log.info("resuming training from %s", resume_point)
-        model = YOLO(str(resume_point))
-        model.add_callback("on_model_save", _keep_resume_point)
-        model.train(resume=True, workers=settings.workers)
-    else:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        model = YOLO(settings.model_yaml)
-        model.add_callback("on_model_save", _keep_resume_point)
-        model.train(
-            data=str(data_yaml),
-            epochs=settings.epochs,
-            imgsz=settings.imgsz,
-            batch=settings.batch,
-            seed=settings.seed,
-            deterministic=True,
-            pretrained=False,
-            amp=False,
-            device="cpu",
-            workers=settings.workers,
-            project=str(out),
-            name=RUN_SUBDIR,
-            exist_ok=True,
-            plots=False,  # plotting fetches a font from the internet
-            patience=settings.epochs,  # no early stop: the schedule is part of the recipe
-            **settings.augment,
-        )
-    best = run_dir / "weights" / "best.pt"
-    if not best.is_file():
-        raise TrainingError(f"training finished without {best}")
-    return best
+    """The pipeline's train step (cloud/pipeline/train.py), from the architecture YAML."""
+    if not resume:
+        shutil.rmtree(out / RUN_SUBDIR, ignore_errors=True)
+    params = TrainParams(model_yaml=settings.model_yaml, epochs=settings.epochs, imgsz=settings.imgsz,
+                         batch=settings.batch, seed=settings.seed, workers=settings.workers,
+                         hyperparameters=settings.augment, from_scratch=True)
+    return train(data_yaml, params, out, mlflow=settings.mlflow).checkpoint
 
 
 def _export(best: Path, settings: TrainSettings, out: Path) -> Path:
-    from ultralytics import YOLO
-
-    exported = Path(YOLO(str(best)).export(format="onnx", imgsz=settings.imgsz, simplify=True, dynamic=False))
-    model_path = out / f"{settings.name}.onnx"
-    shutil.copyfile(exported, model_path)
-    return model_path
-
-
-def read_curve(results_csv: Path) -> list[dict[str, float]]:
-    """Per-epoch validation mAP from Ultralytics' results.csv, for the card and the note. An epoch
-    that was interrupted after its row was written is trained again on resume and appears twice:
-    the later row is the one that led to the model."""
-    if not results_csv.is_file():
-        return []
-    with results_csv.open(newline="") as handle:
-        rows = [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(handle)]
-    by_epoch = {
-        int(float(r["epoch"])): {
-            "epoch": int(float(r["epoch"])),
-            "val_map50": round(float(r["metrics/mAP50(B)"]), 4),
-            "val_map50_95": round(float(r["metrics/mAP50-95(B)"]), 4),
-        }
-        for r in rows
-    }
-    return [by_epoch[e] for e in sorted(by_epoch)]
+    return export_onnx(best, settings.imgsz, out / f"{settings.name}.onnx")
 
 
 def run_training(settings: TrainSettings, out: str | Path, fresh: bool = False) -> ModelCard:
@@ -177,7 +97,6 @@ def run_training(settings: TrainSettings, out: str | Path, fresh: bool = False) 
         raise TrainingError(
             f"{out} holds a run with other settings; use another --out, or --fresh to discard it"
         )
-    _configure_ultralytics(settings.mlflow)
 
     records = read_label_csv(settings.labels)
     split = split_by_photo(records, seed=settings.split_seed, fractions=settings.fractions())

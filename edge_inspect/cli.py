@@ -365,7 +365,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from cloud.label_table import LabelTableError
     from cloud.labeling.service import LabelingError
     from cloud.labels.store import LabelStoreError
+    from cloud.pipeline.backends import PipelineConfigError
+    from cloud.pipeline.runs import RunBusy
+    from cloud.pipeline.sagemaker_pipeline import PipelineAwsError, PipelineBusy
     from cloud.quantize import QuantizationError
+    from cloud.registry.registry import RegistryError
     from cloud.storage import StorageError
     from cloud.training import TrainingError
     from device.config import ConfigError
@@ -375,7 +379,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     return (CliError, ConfigError, DemoError, QuantizationError, ModelError, FrameError, ImageInputError, LabelTableError, TrainingError,
             EvaluationError, HeldoutError, CheckpointError, ExportError, LabelStoreError, LabelingError, StateError,
-            StorageError, ValidationError, argparse.ArgumentTypeError)
+            StorageError, PipelineConfigError, RunBusy, RegistryError, PipelineAwsError,
+            PipelineBusy, ValidationError, argparse.ArgumentTypeError)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def add_cloud(sub: argparse._SubParsersAction) -> None:
-    cloud = sub.add_parser("cloud", help="the cloud side: labeling and the label store (retraining and deployment to come)")
+    cloud = sub.add_parser("cloud", help="the cloud side: labeling, the label store, retraining and the model registry")
     cloud.add_argument("--config", type=Path, default=Path("cloud.yaml"), help="cloud configuration (cloud.yaml)")
     commands = cloud.add_subparsers(dest="cloud_command", required=True)
     p = commands.add_parser("check-config", help="validate the cloud configuration and exit")
@@ -26,6 +26,7 @@ def add_cloud(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verification-manifest-function", required=True, metavar="LAMBDA_ARN")
     p.add_argument("--labels-function", required=True, metavar="LAMBDA_ARN")
     p.set_defaults(func=cmd_state_machine)
+    _add_pipeline(commands)
     labels = commands.add_parser("labels", help="the label store").add_subparsers(dest="labels_command", required=True)
     p = labels.add_parser("import", help="append every row of a label table (CSV) as a label version")
     p.add_argument("csv", type=Path)
@@ -39,6 +40,148 @@ def add_cloud(sub: argparse._SubParsersAction) -> None:
     p = labels.add_parser("history", help="every version of one image's labels, oldest first")
     p.add_argument("source_ref")
     p.set_defaults(func=cmd_labels_history)
+
+
+def _add_pipeline(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("train", help="run the retraining pipeline now on site (or resume the interrupted run): "
+                                          "preprocess, train, evaluate, gate, register (needs the 'train' extra)")
+    p.add_argument("--as-of", default=None, help="labels as of: now (default), seconds since the epoch, or ISO 8601")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a pipeline parameter for this run, e.g. train.epochs=5 (repeatable)")
+    p.set_defaults(func=cmd_train)
+    sm = commands.add_parser("pipeline", help="the same pipeline on SageMaker Pipelines (pipeline.sagemaker in cloud.yaml)")
+    sm_commands = sm.add_subparsers(dest="pipeline_command", required=True)
+    p = sm_commands.add_parser("definition", help="print the pipeline definition (JSON); builds offline but for S3 "
+                                                  "bucket checks the SDK makes")
+    p.set_defaults(func=cmd_pipeline_definition)
+    p = sm_commands.add_parser("upsert", help="create or update the pipeline in SageMaker (needs AWS credentials)")
+    p.set_defaults(func=cmd_pipeline_upsert)
+    p = sm_commands.add_parser("start", help="start an execution with the configured parameters (needs AWS credentials)")
+    p.add_argument("--as-of", default=None, help="labels as of: now (default), seconds since the epoch, or ISO 8601")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_pipeline_start)
+    runs = commands.add_parser("runs", help="pipeline runs").add_subparsers(dest="runs_command", required=True)
+    p = runs.add_parser("list", help="every run: when, state, step, outcome")
+    p.set_defaults(func=cmd_runs_list)
+    models = commands.add_parser("models", help="the model registry").add_subparsers(dest="models_command", required=True)
+    p = models.add_parser("list", help="every version: state, test mAP, parent")
+    p.set_defaults(func=cmd_models_list)
+    p = models.add_parser("show", help="one version's card (JSON)")
+    p.add_argument("version")
+    p.set_defaults(func=cmd_models_show)
+    for name, verb in (("approve", "approve a version for the lines"), ("reject", "reject a version")):
+        p = models.add_parser(name, help=verb)
+        p.add_argument("version")
+        p.add_argument("--by", default=None, help="who decides (default: the login name)")
+        p.add_argument("--reason", required=name == "reject", default=None)
+        p.set_defaults(func=cmd_models_decide, decision=name)
+
+
+def _config(args: argparse.Namespace):
+    from cloud.settings import load_cloud_config
+
+    return load_cloud_config(args.config)
+
+
+def _registry(args: argparse.Namespace):
+    from cloud.pipeline.backends import pipeline_settings
+    from cloud.registry.backends import open_registry
+
+    config = _config(args)
+    settings = pipeline_settings(config)
+    return open_registry(settings.registry, settings.params.model_group, config.region)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cloud.pipeline.backends import open_onsite
+    from cloud.pipeline.onsite import start_or_resume
+    from cloud.training import command_line
+
+    config = _config(args)
+    record = start_or_resume(open_onsite(config), _run_params(args, config), command_line())
+    print(record.line())
+    return 0 if record.state in ("registered", "refused") else 1
+
+
+def _run_params(args: argparse.Namespace, config):
+    from cloud.labels.table_io import parse_time
+    from cloud.pipeline.backends import pipeline_settings, with_overrides
+
+    params = with_overrides(pipeline_settings(config).params, args.param)
+    if args.as_of is not None:
+        try:
+            params = params.model_copy(update={"as_of": parse_time(args.as_of)})
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"--as-of: {exc}") from None
+    return params
+
+
+def _sagemaker_pipeline(args: argparse.Namespace):
+    from cloud.pipeline.backends import PipelineConfigError, pipeline_settings
+    from cloud.pipeline.sagemaker_pipeline import build_pipeline
+
+    config = _config(args)
+    settings = pipeline_settings(config)
+    if settings.sagemaker is None or config.region is None:
+        raise PipelineConfigError("`pipeline.sagemaker` and `region` are needed for SageMaker Pipelines")
+    return config, settings.sagemaker, build_pipeline(settings.sagemaker, settings.params, config.region)
+
+
+def cmd_pipeline_definition(args: argparse.Namespace) -> int:
+    _, _, pipeline = _sagemaker_pipeline(args)
+    print(json.dumps(json.loads(pipeline.definition()), indent=2))
+    return 0
+
+
+def cmd_pipeline_upsert(args: argparse.Namespace) -> int:
+    _, settings, pipeline = _sagemaker_pipeline(args)
+    print(json.dumps({"PipelineArn": pipeline.upsert(role_arn=settings.role_arn)["PipelineArn"]}))
+    return 0
+
+
+def cmd_pipeline_start(args: argparse.Namespace) -> int:
+    import boto3
+
+    from cloud.pipeline.onsite import new_run_id
+    from cloud.pipeline.sagemaker_pipeline import start_execution
+
+    config, settings, _ = _sagemaker_pipeline(args)
+    client = boto3.Session(region_name=config.region).client("sagemaker")
+    print(json.dumps({"PipelineExecutionArn": start_execution(client, settings, _run_params(args, config), new_run_id())}))
+    return 0
+
+
+def cmd_runs_list(args: argparse.Namespace) -> int:
+    from cloud.pipeline.backends import pipeline_settings
+    from cloud.pipeline.runs import RunStore
+
+    for record in RunStore(pipeline_settings(_config(args)).state_path).runs():
+        print(record.line())
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    for v in _registry(args).versions():
+        test = v.card.evaluation.candidate
+        print(f"{v.group} v{v.version}  {v.status.value:<21} test mAP50 {test.map50:.3f} mAP50-95 {test.map50_95:.3f}  "
+              f"parent {v.card.parent_version or '-'}  {v.created}" + (f"  {v.decided_by} {v.decided_at}" if v.decided_by else ""))
+    return 0
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    print(_registry(args).get(args.version).model_dump_json(indent=2))
+    return 0
+
+
+def cmd_models_decide(args: argparse.Namespace) -> int:
+    import getpass
+
+    from cloud.registry.registry import Approval
+
+    status = Approval.APPROVED if args.decision == "approve" else Approval.REJECTED
+    version = _registry(args).decide(args.version, status, args.by or getpass.getuser(), args.reason)
+    print(f"{version.group} v{version.version}: {version.status.value} by {version.decided_by} at {version.decided_at}")
+    return 0
 
 
 def _store(args: argparse.Namespace):
@@ -87,7 +230,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     settings = config.labeling
-    serve(loop, subscriber, Timers(catch_up_s=settings.catch_up_minutes * 60, poll_s=settings.poll_interval_s), stop)
+    retrain, retrain_s = None, 600.0
+    if config.pipeline is not None:
+        from cloud.pipeline.backends import open_onsite
+        from cloud.pipeline.trigger import RetrainTrigger
+        from cloud.training import command_line
+
+        trigger = RetrainTrigger(open_onsite(config), config.pipeline.params, config.pipeline.trigger_new_labels,
+                                 command_line())
+        retrain, retrain_s = trigger.check, config.pipeline.check_minutes * 60
+    timers = Timers(catch_up_s=settings.catch_up_minutes * 60, poll_s=settings.poll_interval_s, retrain_s=retrain_s)
+    serve(loop, subscriber, timers, stop, retrain)
     return 0
 
 

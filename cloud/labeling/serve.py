@@ -8,6 +8,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cloud.ingest.announcements import SamplesSubscriber
@@ -23,6 +24,7 @@ class Timers:
     catch_up_s: float  # list the raw prefix this often
     poll_s: float  # ask the backend for answers this often
     tick_s: float = 1.0  # check whether a batch is due this often
+    retrain_s: float = 600.0  # count new labels for a retraining run this often
 
 
 class Due:
@@ -36,13 +38,15 @@ class Due:
         return True
 
 
-def serve(loop: LabelingLoop, subscriber: SamplesSubscriber | None, timers: Timers, stop: threading.Event) -> None:
+def serve(loop: LabelingLoop, subscriber: SamplesSubscriber | None, timers: Timers, stop: threading.Event,
+          retrain: Callable[[], object] | None = None) -> None:
+    """`retrain`, when given, is called every `timers.retrain_s` (cloud.pipeline.trigger)."""
     recovered = loop.recover()
     if recovered:
         log.info("serve: finished %d label-store writes a previous run left unconfirmed", recovered)
     if subscriber is not None:
         subscriber.start()
-    catch_up, poll = Due(timers.catch_up_s), Due(timers.poll_s)
+    catch_up, poll, retrain_due = Due(timers.catch_up_s), Due(timers.poll_s), Due(timers.retrain_s)
     try:
         while not stop.is_set():
             now = time.monotonic()
@@ -53,6 +57,8 @@ def serve(loop: LabelingLoop, subscriber: SamplesSubscriber | None, timers: Time
                 loop.submit_created()
                 if poll(now):
                     loop.collect_submitted()
+                if retrain is not None and retrain_due(now):
+                    retrain()
             except (StorageError, LabelStoreError) as exc:
                 log.warning("serve: %s; trying again in %.0f s", exc, timers.tick_s)
             if subscriber is not None:

@@ -1,0 +1,53 @@
+"""Step 4, gate: the candidate goes to a person for approval only when it clears an absolute floor
+AND is not worse than production by more than a tolerance, on the same test photos. Pure: the
+decision and its reasons are data, written into the card whichever way it goes."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cloud.pipeline.evaluate import Evaluation
+
+METRICS = ("map50", "map50_95", "recall_at_alert")
+
+
+class GateParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    floor_map50: float = Field(0.80, ge=0, le=1)
+    floor_map50_95: float = Field(0.50, ge=0, le=1)
+    floor_recall_at_alert: float = Field(0.0, ge=0, le=1, description="share of scratches the line alerts on")
+    tolerance: float = Field(0.01, ge=0, le=1, description="how much below production a metric may be")
+    alert_conf: float = Field(0.5, gt=0, lt=1, description="the daemon's alert threshold (model.conf)")
+
+    def floor(self, metric: str) -> float:
+        return getattr(self, f"floor_{metric}")
+
+
+class GateDecision(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    passed: bool
+    reasons: list[str]  # one line per check, passed or not
+    summary: str  # one line: the failed checks, or that all passed (the SageMaker FailStep's message)
+
+
+def decide(evaluation: Evaluation, params: GateParams) -> GateDecision:
+    candidate, production = evaluation.candidate, evaluation.production
+    reasons, passed = [], True
+    for metric in METRICS:
+        value = getattr(candidate, metric)
+        ok = value >= params.floor(metric)
+        passed &= ok
+        reasons.append(f"{metric} {value:.4f} {'>=' if ok else '<'} floor {params.floor(metric):.4f}")
+        if production is not None:
+            bar = getattr(production, metric) - params.tolerance
+            ok = value >= bar - 1e-12
+            passed &= ok
+            reasons.append(f"{metric} {value:.4f} {'>=' if ok else '<'} production {getattr(production, metric):.4f}"
+                           f" - tolerance {params.tolerance:.4f}")
+    if production is None:
+        reasons.append("no production model: compared with the floors only")
+    failed = [r for r in reasons if " < " in r]
+    summary = "gate: " + ("; ".join(failed) if failed else f"all {len(reasons)} checks passed")
+    return GateDecision(passed=passed, reasons=reasons, summary=summary)

@@ -1,0 +1,117 @@
+"""The pipeline on site: the same steps the SageMaker Pipeline runs in its jobs, run one after the
+other in this process. Every step leaves its output in the run's folder, so a run interrupted at
+any point (kill -9 included) resumes where it stopped: finished steps are not redone, training
+continues from its last whole checkpoint, and registering is idempotent by run id.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from cloud.dataset import ImageSource
+from cloud.label_table import LabelTableError
+from cloud.labels.store import LabelStore
+from cloud.pipeline import evaluate as evaluate_step
+from cloud.pipeline import preprocess as preprocess_step
+from cloud.pipeline import train as train_step
+from cloud.pipeline.candidate import assemble, export_candidate, read_card
+from cloud.pipeline.gate import decide
+from cloud.pipeline.params import PipelineParams
+from cloud.pipeline.runs import RunRecord, RunStore
+from cloud.registry.registry import ModelRegistry, VersionFiles, production
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OnSite:
+    registry: ModelRegistry
+    store: LabelStore
+    images: ImageSource
+    runs: RunStore
+    work_dir: Path
+
+
+def new_run_id() -> str:
+    return time.strftime("run-%Y%m%d-%H%M%S-", time.gmtime()) + uuid.uuid4().hex[:6]
+
+
+def pin(params: PipelineParams, registry: ModelRegistry) -> PipelineParams:
+    """Fix what "now" and "production" mean when a run starts, so a resumed run uses the same."""
+    as_of = params.as_of if params.as_of is not None else time.time()
+    version = params.production_version
+    if version is None:
+        current = production(registry)
+        version = current.version if current else None
+    return params.model_copy(update={"as_of": as_of, "production_version": version})
+
+
+def start_or_resume(site: OnSite, params: PipelineParams, command: str) -> RunRecord:
+    """Resume the interrupted run if there is one, else start one with `params`. One at a time."""
+    with site.runs.exclusive():
+        record = site.runs.unfinished()
+        if record is not None:
+            log.info("resuming %s (interrupted at %s) with the parameters it started with", record.run_id, record.step)
+            if pin(params, site.registry).model_copy(update={"as_of": record.params.as_of}) != record.params:
+                log.warning("the parameters given now differ from the interrupted run's; they apply to the next run")
+        else:
+            record = site.runs.create(new_run_id(), pin(params, site.registry))
+            log.info("started %s: labels as of %s, production version %s", record.run_id,
+                     record.params.as_of, record.params.production_version or "none")
+        return execute(site, record, command)
+
+
+def execute(site: OnSite, record: RunRecord, command: str) -> RunRecord:
+    try:
+        return _steps(site, record, command)
+    except LabelTableError as exc:  # the labels, not the machine: retrying would fail the same way
+        log.error("%s failed: %s", record.run_id, exc)
+        return site.runs.finish(record.run_id, "failed", reason=str(exc))
+
+
+def _production_files(site: OnSite, version: str | None, work: Path) -> VersionFiles | None:
+    if version is None:
+        return None
+    files = VersionFiles(folder=work / "production")
+    if files.missing():
+        site.registry.download(version, files.folder)
+    return files
+
+
+def _steps(site: OnSite, record: RunRecord, command: str) -> RunRecord:
+    params, run_id = record.params, record.run_id
+    work = site.work_dir / run_id
+    work.mkdir(parents=True, exist_ok=True)
+    prod = _production_files(site, params.production_version, work)
+
+    site.runs.step(run_id, "preprocess")
+    pre = preprocess_step.read_output(work / "dataset") or preprocess_step.preprocess(
+        site.store, site.images, params.as_of, params.split, params.class_names, work / "dataset")
+    log.info("%s dataset: %s images, fingerprint %s", run_id, pre.dataset.images, pre.dataset.fingerprint[:12])
+
+    site.runs.step(run_id, "train")
+    trained = train_step.read_output(work / "train") or train_step.train(
+        pre.data_yaml, params.train, work / "train", prod.checkpoint if prod else None, params.production_version)
+
+    site.runs.step(run_id, "evaluate")
+    candidate = export_candidate(trained.checkpoint, params.train.imgsz, work / "candidate")
+    evaluation = evaluate_step.read_output(work) or evaluate_step.evaluate_pair(
+        candidate.onnx, prod.onnx if prod else None, pre.data_yaml, params.gate.alert_conf, work)
+
+    site.runs.step(run_id, "gate")
+    decision = decide(evaluation, params.gate)
+    assemble(candidate, params, run_id, pre.dataset, trained, evaluation, decision, command)
+    for line in decision.reasons:
+        log.info("%s gate: %s", run_id, line)
+    if not decision.passed:
+        return site.runs.finish(run_id, "refused", reason=decision.summary)
+
+    site.runs.step(run_id, "register")
+    version = site.registry.register(candidate, read_card(candidate))
+    log.info("%s registered as %s version %s (%s)", run_id, params.model_group, version.version, version.status.value)
+    return site.runs.finish(run_id, "registered", version=version.version, reason="; ".join(decision.reasons))
+

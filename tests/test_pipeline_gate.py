@@ -1,0 +1,31 @@
+"""The gate (cloud/pipeline/gate.py): floor AND not worse than production by more than the
+tolerance, with a reason for every check whichever way it goes."""
+
+from __future__ import annotations
+
+from pipeline_helpers import scores
+
+from cloud.pipeline.evaluate import Evaluation
+from cloud.pipeline.gate import GateParams, decide
+
+
+def test_first_model_is_held_to_the_floors_only():
+    decision = decide(Evaluation(candidate=scores(0.85, 0.55)), GateParams())
+    assert decision.passed and decision.reasons[-1].startswith("no production model")
+    refused = decide(Evaluation(candidate=scores(0.79, 0.55)), GateParams())
+    assert not refused.passed and "map50 0.7900 < floor 0.8000" in refused.reasons
+
+
+def test_worse_than_production_beyond_the_tolerance_is_refused_with_the_reason():
+    evaluation = Evaluation(candidate=scores(0.92, 0.60), production=scores(0.94, 0.60))
+    decision = decide(evaluation, GateParams(tolerance=0.01))
+    assert not decision.passed
+    assert "map50 0.9200 < production 0.9400 - tolerance 0.0100" in decision.reasons
+    assert decide(evaluation, GateParams(tolerance=0.03)).passed
+
+
+def test_recall_at_the_alert_threshold_is_gated_too():
+    evaluation = Evaluation(candidate=scores(recall_at_alert=0.70), production=scores(recall_at_alert=0.80))
+    decision = decide(evaluation, GateParams())
+    assert not decision.passed and any(r.startswith("recall_at_alert 0.7000 < production") for r in decision.reasons)
+    assert not decide(Evaluation(candidate=scores(recall_at_alert=0.7)), GateParams(floor_recall_at_alert=0.75)).passed

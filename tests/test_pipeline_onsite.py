@@ -1,0 +1,154 @@
+"""The retraining pipeline on site, end to end, as an operator runs it: the shipped labels in a real
+label store (Parquet + DuckDB) -> `edge-inspect cloud train` (subprocess; real Ultralytics on a
+short schedule) -> the MLflow registry on SQLite, seeded with the bundled model and its checkpoint.
+
+Short schedules keep this to minutes on two cores; the figures that matter (the bundled model's)
+come from `models/bundled-model.cloud.yaml`, not from here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cloud_helpers import cloud, write_cloud_config
+from conftest import REPO
+
+from cloud.labels.local import LocalLabelStore
+from cloud.labels.table_io import import_csv
+from cloud.pipeline.onsite import OnSite
+from cloud.pipeline.params import PipelineParams
+from cloud.pipeline.runs import RunStore
+from cloud.pipeline.trigger import RetrainTrigger, new_approved_labels
+from cloud.pipeline.images import TrainingImages
+from cloud.registry.bundled import BUNDLED_BY, bundled_files
+from cloud.registry.mlflow_registry import MlflowRegistry
+from cloud.registry.registry import CHECKPOINT, Approval
+from device.detector import file_sha256
+
+
+FAST = ["--param", "train.epochs=1", "--param", "train.workers=0", "--param", "train.batch=16"]
+
+
+@pytest.fixture
+def site(tmp_path, metal_tags) -> Path:
+    """A cloud.yaml with the shipped labels in its label store; the registry is still empty."""
+    config = write_cloud_config(
+        tmp_path / "cloud.yaml",
+        label_store={"backend": "local", "local": {"path": str(tmp_path / "labels")}},
+        pipeline={"state_path": str(tmp_path / "runs.sqlite"), "work_dir": str(tmp_path / "runs"),
+                  "photos": str(metal_tags),
+                  "registry": {"backend": "mlflow", "mlflow": {"path": str(tmp_path / "registry")}},
+                  # a permissive gate here: these tests are about the flow; the gate has its own tests
+                  "params": {"gate": {"floor_map50": 0.0, "floor_map50_95": 0.0, "tolerance": 1.0}}})
+    import_csv(LocalLabelStore(tmp_path / "labels"), metal_tags / "labels.csv")
+    return config
+
+
+def registry_of(config: Path) -> MlflowRegistry:
+    return MlflowRegistry(config.parent / "registry", "metal-tags")
+
+
+def test_first_run_fine_tunes_from_the_bundled_checkpoint_and_waits_for_approval(site, tmp_path):
+    done = cloud(site, "train", *FAST, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "registered done       version 2" in done.stdout
+
+    registry = registry_of(site)
+    bundled, candidate = registry.versions()
+    assert (bundled.status, bundled.decided_by) == (Approval.APPROVED, BUNDLED_BY)
+    assert candidate.status is Approval.PENDING
+    card = candidate.card
+    # the starting weights are production's checkpoint, and the card says so
+    assert card.parent_version == "1" and card.start.kind == "checkpoint" and card.start.version == "1"
+    production_files = registry.download("1", tmp_path / "v1")
+    assert card.start.sha256 == file_sha256(production_files.path(CHECKPOINT)) == file_sha256(bundled_files()[CHECKPOINT])
+    # candidate and production scored on the same test photos (the 7 the first model never saw)
+    assert card.evaluation.production is not None
+    assert card.evaluation.candidate.images == card.evaluation.production.images == 27
+    assert card.evaluation.production.map50 > 0.85  # the bundled model, through the device detector
+    assert sorted(card.dataset.photos["test"]) == sorted(bundled.card.dataset.photos["test"])
+    assert card.dataset.images == {"train": 121, "val": 27, "test": 27}
+    assert card.params.train.epochs == 1 and card.code_version and card.command.startswith("edge-inspect")
+
+    listed = cloud(site, "models", "list")
+    assert "v2  PendingManualApproval" in listed.stdout and "parent 1" in listed.stdout
+    assert cloud(site, "models", "reject", "2").returncode != 0  # a reason is required
+    approved = cloud(site, "models", "approve", "2", "--by", "alice")
+    assert approved.returncode == 0 and "Approved by alice" in approved.stdout
+    rejected = cloud(site, "models", "reject", "2", "--by", "bob", "--reason", "false alarms on line 3")
+    assert rejected.returncode == 0, rejected.stderr
+    # a new process (a restart) reads the same states
+    shown = registry_of(site).get("2")
+    assert (shown.status, shown.decided_by, shown.reason) == (Approval.REJECTED, "bob", "false alarms on line 3")
+    assert "registered" in cloud(site, "runs", "list").stdout
+
+
+def test_a_one_epoch_model_from_scratch_is_refused_by_the_gate_with_the_reason(site):
+    done = cloud(site, "train", *FAST, "--param", "train.from_scratch=true", "--param", "gate.tolerance=0.01",
+                 timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "refused" in done.stdout and "gate: map50 0.0" in done.stdout and "< production" in done.stdout
+    assert [v.version for v in registry_of(site).versions()] == ["1"]  # only the bundled model
+    assert "refused" in cloud(site, "runs", "list").stdout
+
+
+def test_a_run_killed_mid_training_resumes_and_registers_exactly_one_version(site):
+    args = [sys.executable, "-m", "edge_inspect", "cloud", "--config", str(site), "train", "--param", "train.epochs=3",
+            "--param", "train.workers=0"]
+    log = (site.parent / "first.log").open("w")
+    first = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    work = site.parent / "runs"
+    deadline = time.monotonic() + 600
+    while not list(work.glob("*/train/ultralytics/weights/resume.pt")):  # a whole epoch is saved
+        assert first.poll() is None, (site.parent / "first.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no epoch finished in 10 minutes"
+        time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)
+    first.wait(30)
+    (run,) = RunStore(site.parent / "runs.sqlite").runs()
+    assert (run.state, run.step) == ("running", "train")
+
+    again = cloud(site, "train", timeout=900)  # no parameters: the interrupted run's own are used
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming" in again.stderr and run.run_id in again.stdout
+    (finished,) = RunStore(site.parent / "runs.sqlite").runs()
+    assert finished.state == "registered" and finished.version == "2"
+    versions = registry_of(site).versions()
+    assert [v.version for v in versions] == ["1", "2"] and versions[1].run_id == run.run_id
+    assert [row["epoch"] for row in versions[1].card.curve] == [1, 2, 3]
+
+
+def test_labels_that_cannot_train_fail_the_run_with_the_reason(tmp_path, metal_tags):
+    config = write_cloud_config(
+        tmp_path / "cloud.yaml", label_store={"backend": "local", "local": {"path": str(tmp_path / "labels")}},
+        pipeline={"state_path": str(tmp_path / "runs.sqlite"), "work_dir": str(tmp_path / "runs"),
+                  "photos": str(metal_tags), "registry": {"backend": "mlflow", "mlflow": {"path": str(tmp_path / "r")}}})
+    done = cloud(config, "train")
+    assert done.returncode == 1 and "failed" in done.stdout and "no APPROVED rows" in done.stdout
+    bad = cloud(config, "train", "--param", "train.epochs=many")
+    assert bad.returncode == 2 and "train.epochs" in bad.stderr and "Traceback" not in bad.stderr
+    assert "no such parameter" in cloud(config, "train", "--param", "train.epoch=3").stderr
+
+
+def test_serve_trigger_starts_a_run_after_enough_new_labels_and_not_twice_on_the_same_labels(tmp_path, metal_tags):
+    store = LocalLabelStore(tmp_path / "labels")
+    registry = MlflowRegistry(tmp_path / "registry", "metal-tags")
+    site = OnSite(registry=registry, store=store, images=TrainingImages(metal_tags, None),
+                  runs=RunStore(tmp_path / "runs.sqlite"), work_dir=tmp_path / "runs")
+    params = PipelineParams.model_validate({"train": {"epochs": 1, "imgsz": 128, "workers": 0},
+                                            "gate": {"floor_map50": 0, "floor_map50_95": 0}})
+    trigger = RetrainTrigger(site, params, threshold=100, command="test")
+    assert not trigger.check()  # an empty store
+    import_csv(store, metal_tags / "labels.csv")
+    assert new_approved_labels(store, 0.0, time.time()) == 175
+    assert trigger.check()
+    trigger.thread.join(600)
+    (run,) = site.runs.runs()
+    assert run.state == "registered", run.reason
+    assert not trigger.check()  # the same labels do not start a second run

@@ -21,16 +21,15 @@ from conftest import REPO
 
 from cloud.labels.local import LocalLabelStore
 from cloud.labels.table_io import import_csv
+from cloud.pipeline.images import TrainingImages
 from cloud.pipeline.onsite import OnSite
 from cloud.pipeline.params import PipelineParams
 from cloud.pipeline.runs import RunStore
 from cloud.pipeline.trigger import RetrainTrigger, new_approved_labels
-from cloud.pipeline.images import TrainingImages
 from cloud.registry.bundled import BUNDLED_BY, bundled_files
 from cloud.registry.mlflow_registry import MlflowRegistry
 from cloud.registry.registry import CHECKPOINT, Approval
 from device.detector import file_sha256
-
 
 FAST = ["--param", "train.epochs=1", "--param", "train.workers=0", "--param", "train.batch=16"]
 

@@ -22,9 +22,13 @@ from conftest import REPO
 from cloud.pipeline.jobs import params_from
 from cloud.pipeline.params import PipelineParams
 from cloud.pipeline.sagemaker_pipeline import (
-    PipelineBusy, SageMakerPipelineSettings, build_pipeline, execution_parameters, parameter_specs, start_execution,
+    PipelineBusy,
+    SageMakerPipelineSettings,
+    build_pipeline,
+    execution_parameters,
+    parameter_specs,
+    start_execution,
 )
-
 
 REGION = "eu-west-1"
 SETTINGS = SageMakerPipelineSettings(

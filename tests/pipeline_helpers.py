@@ -36,7 +36,8 @@ def version_files(folder: Path, run_id: str, onnx_source: Path, candidate: Score
                                images={"train": 3, "val": 1, "test": 1},
                                photos={"train": ["a", "b", "c"], "val": ["d"], "test": ["e"]}, split=SplitParams()),
         evaluation=Evaluation(candidate=candidate or scores(), production=production),
-        gate=GateDecision(passed=True, reasons=["map50 0.9000 >= floor 0.8000"], summary="gate: all 1 checks passed"), params=PipelineParams(),
+        gate=GateDecision(passed=True, reasons=["map50 0.9000 >= floor 0.8000"], summary="gate: all 1 checks passed"),
+        params=PipelineParams(),
         curve=[{"epoch": 1, "val_map50": 0.5, "val_map50_95": 0.3}], code_version="test", packages={}, command="test")
     (folder / VERSION_CARD).write_text(card.model_dump_json())
     device_card(card, files.onnx).write(folder / DEVICE_CARD)

@@ -56,8 +56,8 @@ def aws_calls(monkeypatch):
         yield calls
 
 
-def definition(params: PipelineParams = PipelineParams(), settings: SageMakerPipelineSettings = SETTINGS) -> dict:
-    return json.loads(build_pipeline(settings, params, REGION).definition())
+def definition(params: PipelineParams | None = None, settings: SageMakerPipelineSettings = SETTINGS) -> dict:
+    return json.loads(build_pipeline(settings, params or PipelineParams(), REGION).definition())
 
 
 def steps_by_name(d: dict) -> dict[str, dict]:
@@ -175,7 +175,8 @@ def test_start_passes_every_parameter_and_refuses_a_second_run(aws_calls):
         {"PipelineName": SETTINGS.name, "SortBy": "CreationTime", "SortOrder": "Descending", "MaxResults": 20})
     expected = execution_parameters(params)
     assert {"Name": "TrainEpochs", "Value": "40"} in expected and {"Name": "AsOf", "Value": "1700000000.0"} in expected
-    stub.add_response("start_pipeline_execution", {"PipelineExecutionArn": "arn:aws:sagemaker:eu-west-1:123456789012:pipeline/p/execution/new"},
+    new = "arn:aws:sagemaker:eu-west-1:123456789012:pipeline/p/execution/new"
+    stub.add_response("start_pipeline_execution", {"PipelineExecutionArn": new},
                       {"PipelineName": SETTINGS.name, "PipelineExecutionDisplayName": "run-1",
                        "PipelineParameters": expected, "ClientRequestToken": hashlib.sha256(b"run-1").hexdigest()})
     stub.add_response("list_pipeline_executions", {"PipelineExecutionSummaries": [

@@ -99,6 +99,7 @@ def run_evaluate(params: PipelineParams, run_id: str, command: str, root: Path =
     version = _production_version(prod.folder)
     params = params.model_copy(update={"production_version": version, "as_of": dataset.dataset.as_of})
     candidate = export_candidate(model / "model.pt", params.train.imgsz, out / "candidate")
+    (out / "evaluation").mkdir(parents=True, exist_ok=True)
     evaluation = evaluate_step.evaluate_pair(candidate.onnx, prod.onnx if version else None, data_yaml,
                                              params.gate.alert_conf, out / "evaluation")
     decision = decide(evaluation, params.gate)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import os
 import subprocess
 import sys
@@ -203,3 +204,29 @@ def test_cloud_pipeline_definition_prints_the_json_without_aws(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert [s["Name"] for s in json.loads(done.stdout)["Steps"]] == ["Preprocess", "Train", "Evaluate", "Gate"]
+
+
+def test_the_pipeline_iam_policies_name_actions_and_resources_and_say_why():
+    policy = REPO / "cloud" / "pipeline" / "pipeline_policy.json"
+    documents = json.loads(policy.read_text())
+    why = json.loads(policy.with_name("pipeline_policy_why.json").read_text())
+    listed = lambda value: value if isinstance(value, list) else [value]  # noqa: E731
+    statements = {s["Sid"]: s for doc in documents.values() for s in doc["Statement"]}
+    assert sum(len(doc["Statement"]) for doc in documents.values()) == len(statements), "Sids are unique"
+    assert set(statements) == set(why["statements"]), "every statement has its reason"
+    assert set(re.findall(r"\$\{(\w+)\}", policy.read_text())) == set(why["placeholders"])
+    assert not [a for s in statements.values() for a in listed(s["Action"]) if "*" in a], "no wildcard action"
+    star = {sid for sid, s in statements.items() if "*" in listed(s.get("Resource", []))}
+    assert star == {"CallerListVersions", "RoleEcrToken", "RoleJobMetrics", "RoleListVersions"}
+    assert all("Resource is *" in why["statements"][sid] for sid in star)
+    # the pipeline's role can register but never approve
+    role = {a for s in documents["PipelineRolePolicy"]["Statement"] for a in listed(s["Action"])}
+    assert "sagemaker:UpdateModelPackage" not in role
+    assert statements["RoleRegistryVersions"]["Condition"] == {
+        "StringEquals": {"sagemaker:ModelApprovalStatus": "PendingManualApproval"}}
+    # what the code calls is allowed: the registry's and the start command's calls
+    caller = {a for s in documents["CallerPolicy"]["Statement"] for a in listed(s["Action"])}
+    assert {"sagemaker:CreateModelPackage", "sagemaker:UpdateModelPackage", "sagemaker:DescribeModelPackage",
+            "sagemaker:ListModelPackages", "sagemaker:DescribeModelPackageGroup", "sagemaker:CreateModelPackageGroup",
+            "sagemaker:StartPipelineExecution", "sagemaker:ListPipelineExecutions", "sagemaker:CreatePipeline",
+            "s3:PutObject", "s3:GetObject"} <= caller

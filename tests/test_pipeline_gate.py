@@ -3,6 +3,7 @@ tolerance, with a reason for every check whichever way it goes."""
 
 from __future__ import annotations
 
+import pytest
 from pipeline_helpers import scores
 
 from cloud.pipeline.evaluate import Evaluation
@@ -29,3 +30,23 @@ def test_recall_at_the_alert_threshold_is_gated_too():
     decision = decide(evaluation, GateParams())
     assert not decision.passed and any(r.startswith("recall_at_alert 0.7000 < production") for r in decision.reasons)
     assert not decide(Evaluation(candidate=scores(recall_at_alert=0.7)), GateParams(floor_recall_at_alert=0.75)).passed
+
+
+def test_the_cloud_documents_schemas_are_the_generated_ones_and_validate_what_is_written():
+    import json
+
+    import jsonschema
+
+    from cloud.pipeline.report import EvaluationReport
+    from cloud.schemas import DOCUMENTS, schema_path, schema_text
+
+    for kind in DOCUMENTS:
+        assert schema_path(kind).read_text() == schema_text(kind), f"run: python -m cloud.schemas --write ({kind})"
+    evaluation = Evaluation(candidate=scores(0.85, 0.55), production=scores(0.9, 0.6))
+    report = EvaluationReport(**evaluation.model_dump(), gate=decide(evaluation, GateParams()))
+    schema = json.loads(schema_path("evaluation-report").read_text())
+    jsonschema.validate(json.loads(report.model_dump_json()), schema)
+    broken = json.loads(report.model_dump_json())
+    del broken["gate"]["passed"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)

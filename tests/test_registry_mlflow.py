@@ -66,3 +66,19 @@ def test_a_version_without_all_its_files_is_not_registered(registry, tmp_path, b
     with pytest.raises(RegistryError, match=r"lacks \['model.pt'\]"):
         registry.register(files, card)
     assert registry.versions() == []
+
+
+def test_the_version_card_on_the_wire_validates_against_its_schema(tmp_path, bundled_model):
+    import json
+
+    import jsonschema
+
+    from cloud.registry.registry import VERSION_CARD
+    from cloud.schemas import schema_path
+
+    files, _ = version_files(tmp_path / "v", "run-a", bundled_model, production=scores())
+    written = json.loads(files.path(VERSION_CARD).read_text())
+    jsonschema.validate(written, json.loads(schema_path("version-card").read_text()))
+    written["dataset"]["fingerprint"] = 7
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(written, json.loads(schema_path("version-card").read_text()))

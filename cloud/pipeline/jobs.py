@@ -24,6 +24,7 @@ from cloud.pipeline.backends import pipeline_settings, with_overrides
 from cloud.pipeline.candidate import assemble, export_candidate, read_card
 from cloud.pipeline.gate import decide
 from cloud.pipeline.params import PipelineParams
+from cloud.pipeline.report import EvaluationReport
 from cloud.registry.registry import VersionFiles, production
 
 PROCESSING = Path("/opt/ml/processing")
@@ -105,8 +106,8 @@ def run_evaluate(params: PipelineParams, run_id: str, command: str, root: Path =
     decision = decide(evaluation, params.gate)
     assemble(candidate, params, run_id, dataset.dataset, trained.model_copy(update={"checkpoint": model / "model.pt"}),
              evaluation, decision, command)
-    report = {"gate": decision.model_dump(), **json.loads(evaluation.model_dump_json())}
-    (out / "evaluation" / evaluate_step.OUTPUT).write_text(json.dumps(report, indent=2))
+    report = EvaluationReport(**evaluation.model_dump(), gate=decision)
+    (out / "evaluation" / evaluate_step.OUTPUT).write_text(report.model_dump_json(indent=2))
 
 
 def run_register(root: Path = PROCESSING) -> None:

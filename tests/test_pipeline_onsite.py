@@ -16,8 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-from cloud_helpers import cloud, write_cloud_config
+from cloud_helpers import CloudServe, cloud, write_cloud_config
 from conftest import REPO
+from daemon_helpers import wait_until
+from moto_s3 import MotoS3, set_credentials
 
 from cloud.labels.local import LocalLabelStore
 from cloud.labels.table_io import import_csv
@@ -30,6 +32,7 @@ from cloud.registry.bundled import BUNDLED_BY, bundled_files
 from cloud.registry.mlflow_registry import MlflowRegistry
 from cloud.registry.registry import CHECKPOINT, Approval
 from device.detector import file_sha256
+from edge_inspect.loopback import free_port
 
 FAST = ["--param", "train.epochs=1", "--param", "train.workers=0", "--param", "train.batch=16"]
 
@@ -151,3 +154,43 @@ def test_serve_trigger_starts_a_run_after_enough_new_labels_and_not_twice_on_the
     (run,) = site.runs.runs()
     assert run.state == "registered", run.reason
     assert not trigger.check()  # the same labels do not start a second run
+
+
+def test_cloud_serve_starts_a_run_when_enough_new_labels_have_arrived(tmp_path, metal_tags):
+    """The wiring: `cloud serve` with a `pipeline` section counts the label store's new APPROVED
+    labels and runs the pipeline on its own thread while labeling goes on."""
+    set_credentials()
+    s3 = MotoS3(free_port(), tmp_path).start()
+    s3.client().create_bucket(Bucket="plant-frames")
+    # the shipped labels, approved again today: new since the bundled model's dataset
+    import csv
+
+    with (metal_tags / "labels.csv").open(newline="") as source:
+        rows = list(csv.DictReader(source))
+    relabelled = tmp_path / "relabelled.csv"
+    with relabelled.open("w", newline="") as target:
+        writer = csv.DictWriter(target, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**row, "event_time": str(time.time())} for row in rows)
+    import_csv(LocalLabelStore(tmp_path / "labels"), relabelled)
+    config = write_cloud_config(
+        tmp_path / "cloud.yaml",
+        storage={"bucket": "plant-frames", "prefix": "lines", "endpoint_url": s3.url, "region": "us-east-1"},
+        labeling={"backend": "replay", "state_path": str(tmp_path / "labeling.sqlite"), "poll_interval_s": 0.5,
+                  "replay": {"table": str(metal_tags / "labels.csv"), "images": str(metal_tags)}},
+        label_store={"backend": "local", "local": {"path": str(tmp_path / "labels")}},
+        pipeline={"state_path": str(tmp_path / "runs.sqlite"), "work_dir": str(tmp_path / "runs"),
+                  "photos": str(metal_tags), "trigger_new_labels": 175, "check_minutes": 0.05,
+                  "registry": {"backend": "mlflow", "mlflow": {"path": str(tmp_path / "registry")}},
+                  "params": {"train": {"epochs": 1, "imgsz": 128, "workers": 0},
+                             "gate": {"floor_map50": 0, "floor_map50_95": 0, "tolerance": 1}}})
+    serve = CloudServe(config)
+    try:
+        runs = RunStore(tmp_path / "runs.sqlite")
+        assert wait_until(lambda: [r.state for r in runs.runs()] == ["registered"], 600), serve.log_text()[-3000:]
+        assert "retrain: 175 new approved labels (>= 175)" in serve.log_text()
+    finally:
+        serve.stop()
+        s3.stop()
+    assert len(RunStore(tmp_path / "runs.sqlite").runs()) == 1
+    assert [v.version for v in registry_of(config).versions()] == ["1", "2"]

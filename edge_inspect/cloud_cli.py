@@ -63,6 +63,10 @@ def _add_pipeline(commands: argparse._SubParsersAction) -> None:
     runs = commands.add_parser("runs", help="pipeline runs").add_subparsers(dest="runs_command", required=True)
     p = runs.add_parser("list", help="every run: when, state, step, outcome")
     p.set_defaults(func=cmd_runs_list)
+    p = runs.add_parser("abandon", help="mark an interrupted run failed instead of resuming it")
+    p.add_argument("run_id")
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=cmd_runs_abandon)
     models = commands.add_parser("models", help="the model registry").add_subparsers(dest="models_command", required=True)
     p = models.add_parser("list", help="every version: state, test mAP, parent")
     p.set_defaults(func=cmd_models_list)
@@ -157,6 +161,14 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
 
     for record in RunStore(pipeline_settings(_config(args)).state_path).runs():
         print(record.line())
+    return 0
+
+
+def cmd_runs_abandon(args: argparse.Namespace) -> int:
+    from cloud.pipeline.backends import open_onsite
+    from cloud.pipeline.onsite import abandon
+
+    print(abandon(open_onsite(_config(args)), args.run_id, args.reason).line())
     return 0
 
 

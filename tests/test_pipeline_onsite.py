@@ -115,6 +115,7 @@ def test_a_run_killed_mid_training_resumes_and_registers_exactly_one_version(sit
     first.wait(30)
     (run,) = RunStore(site.parent / "runs.sqlite").runs()
     assert (run.state, run.step) == ("running", "train")
+    assert "not an interrupted run" in cloud(site, "runs", "abandon", "run-x", "--reason", "test").stderr
 
     again = cloud(site, "train", timeout=900)  # no parameters: the interrupted run's own are used
     assert again.returncode == 0, again.stderr[-3000:]
@@ -136,6 +137,9 @@ def test_labels_that_cannot_train_fail_the_run_with_the_reason(tmp_path, metal_t
     bad = cloud(config, "train", "--param", "train.epochs=many")
     assert bad.returncode == 2 and "train.epochs" in bad.stderr and "Traceback" not in bad.stderr
     assert "no such parameter" in cloud(config, "train", "--param", "train.epoch=3").stderr
+    missing = cloud(config, "train", "--param", "production_version=9")
+    assert missing.returncode == 2 and "has no version '9'" in missing.stderr
+    assert len(RunStore(tmp_path / "runs.sqlite").runs()) == 1  # no run was made of it
 
 
 def test_serve_trigger_starts_a_run_after_enough_new_labels_and_not_twice_on_the_same_labels(tmp_path, metal_tags):

@@ -21,7 +21,7 @@ from cloud.pipeline import train as train_step
 from cloud.pipeline.candidate import assemble, export_candidate, read_card
 from cloud.pipeline.gate import decide
 from cloud.pipeline.params import PipelineParams
-from cloud.pipeline.runs import RunRecord, RunStore
+from cloud.pipeline.runs import RunBusy, RunRecord, RunStore
 from cloud.registry.registry import ModelRegistry, VersionFiles, production
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,9 @@ def pin(params: PipelineParams, registry: ModelRegistry) -> PipelineParams:
     """Fix what "now" and "production" mean when a run starts, so a resumed run uses the same."""
     as_of = params.as_of if params.as_of is not None else time.time()
     version = params.production_version
-    if version is None:
+    if version is not None:
+        registry.get(version)  # a version that does not exist is refused before a run is made of it
+    else:
         current = production(registry)
         version = current.version if current else None
     return params.model_copy(update={"as_of": as_of, "production_version": version})
@@ -63,6 +65,16 @@ def start_or_resume(site: OnSite, params: PipelineParams, command: str) -> RunRe
             log.info("started %s: labels as of %s, production version %s", record.run_id,
                      record.params.as_of, record.params.production_version or "none")
         return execute(site, record, command)
+
+
+def abandon(site: OnSite, run_id: str, reason: str) -> RunRecord:
+    """Give up an interrupted run that cannot finish (its production version was deleted, its
+    folder lost): it is marked failed, and the next start makes a new run."""
+    with site.runs.exclusive():
+        record = site.runs.unfinished()
+        if record is None or record.run_id != run_id:
+            raise RunBusy(f"{run_id} is not an interrupted run; `cloud runs list` shows the runs") from None
+        return site.runs.finish(run_id, "failed", reason=f"abandoned: {reason}")
 
 
 def execute(site: OnSite, record: RunRecord, command: str) -> RunRecord:

@@ -143,5 +143,9 @@ def run_training(settings: TrainSettings, out: str | Path, fresh: bool = False) 
 
 
 def command_line() -> str:
-    return shlex.join(["edge-inspect", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("edge-inspect") \
-        else shlex.join([sys.executable, *sys.argv])
+    """The command as a user would type it: `edge-inspect ...` for the console script and for
+    `python -m edge_inspect`, the interpreter and script otherwise."""
+    program = sys.argv[0] if sys.argv else ""
+    if program.endswith("edge-inspect") or Path(program).parts[-2:] == ("edge_inspect", "__main__.py"):
+        return shlex.join(["edge-inspect", *sys.argv[1:]])
+    return shlex.join([sys.executable, *sys.argv])

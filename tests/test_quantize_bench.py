@@ -4,6 +4,7 @@ writes its three outputs."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +39,7 @@ def test_heldout_photos_are_exactly_those_outside_the_training_split(heldout, bu
 
     trained = set(ModelCard.read(card_path_for(bundled_model)).data["photos"]["train"])
     names = [p.stem.split("-cropped")[0] for p in split_images(heldout, "heldout")]
-    assert len(names) == 54 and not trained & set(names)
+    assert len(names) == 27 and not trained & set(names)  # the crops of the 7 test photos
 
 
 def test_gate_refuses_an_int8_model_that_loses_too_much(tmp_path, bundled_model, metal_tags):
@@ -50,7 +51,8 @@ def test_gate_refuses_an_int8_model_that_loses_too_much(tmp_path, bundled_model,
     result = run("quantize", bundled_model, "--calib", calib, "--labels", metal_tags / "labels.csv", "--out", out,
                  "--candidates", "box-decode")
     assert result.returncode == 2, result.stdout + result.stderr[-2000:]
-    assert "refused: no INT8 candidate passes the gate on 54 labelled photos" in result.stderr
+    assert "refused: no INT8 candidate passes the gate on 27 labelled photos" in result.stderr
+    assert "all 175 labelled photos (fidelity" in result.stderr
     assert "below FP32's" in result.stderr and "alerts at 0.5" in result.stderr, "the figures say why"
     assert not out.exists() and not card_path_for(out).exists()
 
@@ -76,7 +78,8 @@ def test_quantize_for_openvino_writes_an_ir_that_passes_the_gate_and_its_self_te
     result = run("quantize", fp32, "--runtime", "openvino", "--labels", metal_tags / "labels.csv", "--out", out,
                  "--candidates", "head-tail")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "raises 66 of FP32's 66 alerts on 54 labelled photos" in result.stdout
+    raised = re.search(r"raises (\d+) of FP32's (\d+) alerts on 27 labelled photos", result.stdout)
+    assert raised and int(raised[1]) >= 0.98 * int(raised[2]) > 200, result.stdout[-1000:]
     assert out.is_file() and out.with_suffix(".bin").is_file() and not list(out.parent.glob(".*.tmp"))
     card = ModelCard.read(card_path_for(out))
     detector = Detector(out, runtime="openvino")
@@ -135,7 +138,7 @@ def test_shipped_int8_model_passed_the_gate_and_its_card_reproduces(bundled_mode
     assert card.quantization["fp32_model_sha256"] == file_sha256(bundled_model)
     assert "reduce_range" in card.quantization["format"], "7-bit weights: the same integers with and without VNNI"
     int8, fp32, gate = card.metrics["heldout"], card.metrics["heldout_fp32"], card.quantization["gate"]
-    assert int8["images"] == 54 and "outside metal-tags-yolov8n's training split" in gate["photos"]
+    assert int8["images"] == 27 and "outside metal-tags-yolov8n's training split" in gate["photos"]
     assert fp32["map50"] - int8["map50"] <= gate["max_drop"] <= 0.01
     assert fp32["map50_95"] - int8["map50_95"] <= gate["max_drop_map50_95"] <= 0.02
     assert card.metrics["fidelity"]["recall"] >= gate["min_fidelity"] >= 0.98
@@ -169,7 +172,7 @@ def test_benchmark_measures_every_setup_here_and_recommends_a_right_one(tmp_path
     assert 3.5 < fp32["gops_float"] < 4.5 and fp32["gops_int8"] == 0, "YOLOv8n at 448 is about 4 GFLOPs, all float"
     assert int8["gops_int8"] > 3.5 and int8["gops_float"] < 0.1, "the INT8 model's head tail is the only float left"
     assert data["peak_int8_gops"] > data["peak_gflops"] > 1
-    assert "heldout" not in data["accuracy_photos"] and "54 labelled photos" in data["accuracy_photos"]
+    assert "heldout" not in data["accuracy_photos"] and "27 labelled photos" in data["accuracy_photos"]
     assert {r["execution_mode"] for r in fp32["session_options"]} == {"sequential", "parallel"}
     assert data["machine"]["isa"] and data["machine"]["isa_in_use"] and "onnxruntime" in data["versions"]
     best = data["recommended"]

@@ -1,8 +1,12 @@
 """Which photos calibrate a quantization and which gate it.
 
 Calibration sees only photos the FP32 model trained on (or a folder the user names, e.g. the
-device spool); the gate sees only photos it never trained on. Mixing the two would let a
-candidate's activation ranges be fitted to the very photos that then judge it.
+device spool); the accuracy gate sees only photos it never trained on. Mixing the two would let a
+candidate's activation ranges be fitted to the very photos that then judge its accuracy.
+
+Fidelity (does INT8 raise FP32's alerts?) needs no ground truth, so it is measured on every
+labelled photo: a model trained on all but the 7 test photos leaves ~30 alerts held out, where one
+miss is already 3% and a 98% floor could not tell a faithful model from a lossy one.
 """
 
 from __future__ import annotations
@@ -25,8 +29,13 @@ from device.model_card import ModelCard
 class GateData:
     data_yaml: Path
     split: str
-    images: list[Path]
+    images: list[Path]  # the accuracy gate's photos (data_yaml's split)
     source: str  # in words, for the card
+    fidelity_images: list[Path] | None = None  # the fidelity gate's photos; None: `images`
+
+    @property
+    def alert_images(self) -> list[Path]:
+        return self.fidelity_images if self.fidelity_images is not None else self.images
 
 
 def spread(images: list[Path], limit: int) -> list[Path]:
@@ -70,5 +79,7 @@ def gate_data(card: ModelCard | None, labels_csv: Path | None, images_root: Path
         raise QuantizationError("nothing to gate on: pass --data DATA.yaml, or --labels with a model card")
     data_yaml = heldout_dataset(card, labels_csv, workdir / "heldout", images_root)
     images = split_images(data_yaml, HELDOUT)
+    every = images + training_photos(card, labels_csv, images_root or labels_csv.parent)
     return GateData(data_yaml, HELDOUT, images,
-                    f"{len(images)} labelled photos of {labels_csv.name} outside {card.name}'s training split")
+                    f"{len(images)} labelled photos of {labels_csv.name} outside {card.name}'s training split "
+                    f"(accuracy); all {len(every)} labelled photos (fidelity to FP32's alerts)", every)

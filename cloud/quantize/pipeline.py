@@ -111,7 +111,7 @@ def quantize_model(model: Path, out: Path, *, runtime: Runtime = "onnxruntime", 
         gate = gate_data(card, labels, images_root, data, split, workdir)
         # FP32 timed on the candidate's runtime: the card compares like with like
         fp32 = Measured(evaluate(model, gate.data_yaml, gate.split), latency_ms=latency_ms(model, runtime))
-        reference = reference_detections(Detector(model), gate.images)
+        reference = reference_detections(Detector(model), gate.alert_images)
         log.info("FP32: mAP50 %.4f  mAP50-95 %.4f  latency %.1f ms on %s", fp32.accuracy.map50,
                  fp32.accuracy.map50_95, fp32.latency_ms, gate.source)
         tried = []

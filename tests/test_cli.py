@@ -82,12 +82,13 @@ def test_unreadable_image_is_reported_and_the_rest_go_on(tmp_path):
 
 def test_eval_reproduces_the_bundled_model_card(tmp_path, bundled_model, metal_tags):
     """The card's test figures come from the same code path as `edge-inspect eval`: rebuilding the
-    split from the table with the card's seed must give the same figures."""
-    from cloud.dataset import split_by_photo, write_yolo_dataset
+    split from the table with the pipeline's split rule must give the card's split and figures."""
+    from cloud.dataset import write_yolo_dataset
     from cloud.label_table import read_label_csv
+    from cloud.pipeline.split import SplitParams, assign
 
     card = ModelCard.read(card_path_for(bundled_model))
-    split = split_by_photo(read_label_csv(metal_tags / "labels.csv"), seed=card.data["seed"])
+    split = assign(read_label_csv(metal_tags / "labels.csv"), SplitParams())
     assert split.split_sha256 == card.data["split_sha256"], "the card's split is not the one this table gives"
     data_yaml = write_yolo_dataset(split, metal_tags, tmp_path / "ds", card.class_names)
     run = cli("eval", "--data", data_yaml, "--json")

@@ -178,6 +178,7 @@ def _new_card(source: Path, source_card: ModelCard, model: Path, imgsz: tuple[in
         metrics={"heldout": heldout.to_dict(), "heldout_source": heldout_source.to_dict()},
         data=source_card.data,
         training=source_card.training,
+        drift_reference=source_card.drift_reference,  # the same training images
         packages=package_versions(),
         command=command,
         derived_from={

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cloud.deploy.settings import DeploySettings
 from cloud.ingest.announcements import BrokerSettings
 from cloud.labeling.ground_truth import GroundTruthSettings
 from cloud.labeling.label_studio import LabelStudioSettings
@@ -121,11 +122,16 @@ class CloudConfig(Strict):
     labeling: LabelingSettings | None = None
     label_store: LabelStoreSettings
     pipeline: PipelineSettings | None = None
+    deploy: DeploySettings | None = None
 
     @model_validator(mode="after")
     def _labeling_needs_storage(self) -> CloudConfig:
         if self.labeling is not None and self.storage is None:
             raise ValueError("labeling needs the `storage` section: the bucket the devices upload frames to")
+        if self.deploy is not None and self.pipeline is None:
+            raise ValueError("deploy needs the `pipeline` section: its registry holds the versions to deploy")
+        if self.deploy is not None and self.deploy.backend == "local" and self.broker is None:
+            raise ValueError("deploy on site needs the `broker` section: the lines' messages decide each stage")
         return self
 
 

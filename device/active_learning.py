@@ -55,8 +55,8 @@ class ActiveLearning:
     def configure(self, config: ActiveLearningConfig) -> None:
         self.sampler.configure(config)
 
-    def offer(self, image: np.ndarray, result: FrameResult) -> bool:
-        decision = self.sampler.decide(result.camera, image, result.detections)
+    def offer(self, image: np.ndarray, result: FrameResult, drifting: bool = False) -> bool:
+        decision = self.sampler.decide(result.camera, image, result.detections, drifting)
         if decision is None:
             return False
         try:

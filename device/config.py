@@ -12,7 +12,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from device.bundled import bundled_model_path
+from device.drift import DriftSettings
 from device.redact import redact, remember_secrets, secrets_in, secrets_in_text
+from device.rehearsal import DriftName
 from device.runtimes import RuntimeName, is_ir, resolve_runtime
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # safe in MQTT topics and file names
@@ -190,6 +192,8 @@ class CameraConfig(Strict):
                                 description="folder sources: larger image files are set aside unread")
     max_pixels: int = Field(40_000_000, ge=64 * 64, le=200_000_000,
                             description="folder sources: images whose header says more pixels are set aside")
+    drift: DriftName | None = Field(None, description="rehearsals and tests only: change every frame as a drifted "
+                                                      "line would (device/rehearsal.py)")
 
     @field_validator("source")
     @classmethod
@@ -237,10 +241,12 @@ class StrategyConfig(Strict):
     uncertainty_band:   low, high (score in [low, high)), min_count, classes
     random:             percent (of all frames, detections or not)
     per_class:          class_percent {class: percent of frames showing that class}
-    detection_count:    min_detections, max_detections (counted at or above `low`)"""
+    detection_count:    min_detections, max_detections (counted at or above `low`)
+    drift:              percent (of the frames of a camera while its drift alarm is up; a blind model
+                        has no uncertain detections, so this is what sends the frames that fix it)"""
 
     name: str = Field(pattern=ID_PATTERN)
-    type: Literal["close_to_threshold", "uncertainty_band", "random", "per_class", "detection_count"]
+    type: Literal["close_to_threshold", "uncertainty_band", "random", "per_class", "detection_count", "drift"]
     tags: list[str] = []
     limits: RateLimits = RateLimits()
     threshold: float | None = Field(None, ge=0, le=1)
@@ -329,6 +335,7 @@ class DaemonConfig(Strict):
     stats: StatsConfig = StatsConfig()
     file_sink: FileSinkConfig = FileSinkConfig()
     active_learning: ActiveLearningConfig = ActiveLearningConfig()
+    drift: DriftSettings = DriftSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")

@@ -122,6 +122,39 @@ class Notice(_Operational):
     pending_restart: list[str] | None = Field(None, description="config_applied: keys that wait for a restart")
 
 
+class ModelServing(Contract):
+    """`{root}/model`, retained: the model this thing serves now and since when, sent at start and
+    on every swap. Any subscriber (the fleet view, the canary judge) learns what every line runs
+    the moment it subscribes, without waiting for a swap or a stats interval."""
+
+    schema_version: Literal[2] = SCHEMA_VERSION
+    thing: str = Field(pattern=SAFE_ID)
+    model: ModelIdentity
+    since: str = Field(pattern=UTC_TIME, description="when this model started serving here")
+    previous: ModelIdentity | None = Field(None, description="the model it replaced (None at start)")
+
+
+class DriftStatus(Contract):
+    """`{root}/{camera}/drift`, retained: whether what the camera sees still looks like what the
+    serving model was trained on (device/drift.py). Sent when the verdict changes and every stats
+    interval; none until the camera has shown `min_frames` distinct frames."""
+
+    schema_version: Literal[2] = SCHEMA_VERSION
+    thing: str = Field(pattern=SAFE_ID)
+    camera: str = Field(pattern=SAFE_ID)
+    state: Literal["ok", "drifting"]
+    since: str = Field(pattern=UTC_TIME, description="when the camera entered this state")
+    time: str = Field(pattern=UTC_TIME)
+    score: float = Field(ge=0, description="the largest measure among the alarm features")
+    worst: str = Field(description="the alarm feature with that measure")
+    measures: dict[str, float] = Field(description="per feature: Wasserstein-1 distance from the model's reference, "
+                                                   "in reference standard deviations")
+    raise_at: float = Field(gt=0)
+    clear_below: float = Field(gt=0)
+    frames: int = Field(ge=1, description="distinct frames in the window")
+    model: ModelIdentity = Field(description="the model whose reference the frames were compared with")
+
+
 class CameraFigures(Contract):
     state: CameraState
     capture_fps: float = Field(ge=0)
@@ -220,6 +253,8 @@ CONTRACTS: dict[str, type[BaseModel]] = {
     "available": Available,
     "error": ErrorMessage,
     "notice": Notice,
+    "model": ModelServing,
+    "drift": DriftStatus,
     "stats": Stats,
     "samples": Samples,
     "sidecar": Sidecar,

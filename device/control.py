@@ -27,7 +27,7 @@ GREENGRASS_ONLY_KEYS = ("accessControl",)  # merged into the component configura
 # Keys that take effect without a restart; a change to any other key waits for the next start.
 LIVE_KEYS = ("events", "stats.interval_s", "stats.prometheus_port", "stats.prometheus_host", "log_level",
              "model.watch_interval_s", "active_learning.strategies", "active_learning.limits",
-             "active_learning.dedup")
+             "active_learning.dedup", "drift")
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from device.bundled import bundled_model_path
 from device.config import ID_PATTERN, ConfigError, DaemonConfig, load_config_file
 from device.contracts import DefectEvent, ModelIdentity, SinkFigures
 from device.control import Applied, LiveControl
+from device.drift import DriftMonitor, Verdict
 from device.events import DefectTracker, ended_after_restart
 from device.greengrass import (
     GreengrassConfigSource,
@@ -82,8 +83,10 @@ class Daemon:
         al = config.active_learning
         self.active_learning = (ActiveLearning(al, self.thing, config.events.default.min_confidence,
                                                self.dispatcher.publish, self.stop) if al.enabled else None)
+        self.drift = DriftMonitor(config.drift)
         self.inference = InferenceStage(self.models, self.cameras, trackers, self.stats, self.publish,
-                                        lambda: self.config.events, self.active_learning)
+                                        lambda: self.config.events, self.active_learning, self.drift,
+                                        self._on_drift)
 
     @property
     def config(self) -> DaemonConfig:
@@ -133,15 +136,33 @@ class Daemon:
             self.open_defects.record(payload)
             self.dispatcher.publish(message)
 
+    def _publish_serving(self, previous: ModelIdentity | None) -> None:
+        self.publish(messages.model_serving(self.thing, self.identity(), time.time(), previous))
+
     def _on_status(self, camera: str, state: str, reason: str) -> None:
         self.publish(messages.camera_status(self.thing, camera, state, time.time(), reason))
 
     def identity(self) -> ModelIdentity:
         return self.models.identity
 
+    def _on_drift(self, verdict: Verdict) -> None:
+        level = logging.WARNING if verdict.state == "drifting" else logging.INFO
+        log.log(level, "camera %s drift %s: %s is %.1f reference deviations away (raise at %.1f, clear below %.1f)",
+                verdict.camera, verdict.state, verdict.worst, verdict.score, self.config.drift.raise_at,
+                self.config.drift.clear_below)
+        self._publish_drift(verdict)
+
+    def _publish_drift(self, verdict: Verdict) -> None:
+        identity = self.identity()
+        if verdict.reference != identity.sha256:
+            return  # judged against the model swapped out a moment ago: the next frame judges it anew
+        self.stats.set_drift(verdict.camera, verdict.state == "drifting", verdict.measures)
+        self.publish(messages.drift(self.thing, verdict, self.config.drift, identity))
+
     def _model_message(self, kind: str, message: str, candidate: str | None = None) -> None:
         if kind == "model_swapped":
             self.publish(messages.notice(self.thing, kind, message, self.identity(), candidate))
+            self._publish_serving(self.models.previous)
         else:
             self.publish(messages.error(self.thing, kind, message, self.identity(), candidate))
 
@@ -156,6 +177,7 @@ class Daemon:
             tracker.config = new.events
         if self.active_learning:
             self.active_learning.configure(new.active_learning)
+        self.drift.configure(new.drift)
         logging.getLogger().setLevel(new.log_level)
 
     def _config_refused(self, reason: str) -> None:
@@ -200,6 +222,8 @@ class Daemon:
         self.publish(self.stats.snapshot(
             self.cameras, self.identity(), self.sink_figures(), self.inference.frame_errors,
             self.active_learning.figures() if self.active_learning else None))
+        for verdict in self.drift.verdicts():  # the retained verdicts, with fresh measures
+            self._publish_drift(verdict)
 
     def _watch_cameras(self) -> None:
         """A camera thread restarts its own loop after a failure; one that is gone anyway (not
@@ -241,11 +265,15 @@ class Daemon:
                                  f"{self.config.stats.prometheus_port} ({exc.strerror or exc})") from None
         self.dispatcher.start()
         self.publish(messages.available(True))  # Greengrass and file sinks; MQTT says it itself
+        self._publish_serving(None)
         if self._refused_at_start:
             log.error("model refused at start, serving model.fallback_path instead: %s", self._refused_at_start)
             self.publish(messages.error(self.thing, "model_rejected", self._refused_at_start, self.identity(),
                                         str(self.config.model.path or bundled_model_path())))
         self._close_left_open()
+        if self.config.drift.enabled and self.models.drift_reference is None:
+            log.warning("model %s has no drift reference in its card: drift is not watched until a model with one "
+                        "is served", identity.name)
         if self.active_learning:
             self.active_learning.start()
         for camera in self.cameras.values():

@@ -18,6 +18,7 @@ from device.active_learning import ActiveLearning
 from device.config import EventsConfig
 from device.contracts import StageLatency
 from device.detector import Detector, FrameError, Letterbox, PreparedInput
+from device.drift import DriftMonitor, Verdict
 from device.events import DefectTracker, FrameResult
 from device.messages import Outbound
 from device.model_manager import ModelManager
@@ -47,10 +48,12 @@ def prepare_for(models: ModelManager) -> Callable[[np.ndarray], PreparedInput | 
 class InferenceStage:
     def __init__(self, models: ModelManager, cameras: dict[str, Camera], trackers: dict[str, DefectTracker],
                  stats: Stats, publish: Callable[[Outbound], None], events_config: Callable[[], EventsConfig],
-                 active_learning: ActiveLearning | None = None) -> None:
+                 active_learning: ActiveLearning | None = None, drift: DriftMonitor | None = None,
+                 on_drift: Callable[[Verdict], None] | None = None) -> None:
         self.models, self.cameras, self.trackers = models, cameras, trackers
         self.stats, self.publish, self.events_config = stats, publish, events_config
         self.active_learning = active_learning
+        self.drift, self.on_drift = drift, on_drift
         self._finished_flushed: set[str] = set()
         self.frames_processed = 0
         self.frame_errors = 0
@@ -87,12 +90,27 @@ class InferenceStage:
         for event in self.trackers[frame.camera].update(result):
             self.stats.record_event(event.payload["type"])
             self.publish(event)
+        drifting = self._watch_drift(frame, found)
         if self.active_learning:
-            self.active_learning.offer(frame.image, result)
+            self.active_learning.offer(frame.image, result, drifting)
         self.stats.record_frame(frame.camera, {**latency.model_dump(),
                                                "total": round((t3 - frame.captured_mono) * 1000, 3)})
         self.models.reference_frame = frame.image
         self.frames_processed += 1
+
+    def _watch_drift(self, frame: Frame, found: list) -> bool:
+        """Compare the frame with the serving model's reference; report a changed verdict.
+        True while the frame's camera drifts (the `drift` sampling strategy's cue)."""
+        if self.drift is None:
+            return False
+        changed = self.drift.use(self.models.drift_reference, self.models.identity.sha256)  # a swap: judged again
+        verdict = self.drift.observe(frame.camera, frame.image, [d.confidence for d in found])
+        if verdict is not None and verdict.changed:
+            changed.append(verdict)
+        if self.on_drift:
+            for each in changed:
+                self.on_drift(each)
+        return self.drift.drifting(frame.camera)
 
     def _take(self, camera: Camera) -> bool:
         """Process one frame of `camera` if it has one; a bad frame is skipped, never the stream."""

@@ -19,14 +19,17 @@ from device.contracts import (
     CameraState,
     CameraStatus,
     DefectEvent,
+    DriftStatus,
     ErrorMessage,
     ModelIdentity,
+    ModelServing,
     Notice,
     SampleDetection,
     Samples,
     Sidecar,
     Stats,
 )
+from device.drift import DriftSettings, Verdict
 from device.redact import redact
 
 
@@ -87,6 +90,19 @@ def notice(thing: str, kind: str, message: str, model: ModelIdentity, candidate:
                      candidate=redact(candidate) if candidate else None, applied=applied,
                      pending_restart=pending_restart)
     return Outbound("notice", "notices", payload.wire())
+
+
+def model_serving(thing: str, model: ModelIdentity, since: float, previous: ModelIdentity | None) -> Outbound:
+    payload = ModelServing(thing=thing, model=model, since=utc_iso(since), previous=previous)
+    return Outbound("model", "model", payload.wire(), retain=True)
+
+
+def drift(thing: str, verdict: Verdict, settings: DriftSettings, model: ModelIdentity) -> Outbound:
+    payload = DriftStatus(thing=thing, camera=verdict.camera, state=verdict.state, since=utc_iso(verdict.since),
+                          time=utc_iso(time.time()), score=verdict.score, worst=verdict.worst,
+                          measures=verdict.measures, raise_at=settings.raise_at, clear_below=settings.clear_below,
+                          frames=verdict.frames, model=model)
+    return Outbound("drift", f"{verdict.camera}/drift", payload.wire(), retain=True)
 
 
 def stats(payload: Stats) -> Outbound:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
+from device.drift import DriftReference
 from device.self_test import SelfTestSpec
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ class ModelCard(BaseModel):
     packages: dict[str, str] = {}
     command: str = ""
     self_test: SelfTestSpec | None = None  # reference frames with the FP32 model's detections
+    drift_reference: DriftReference | None = None  # what the model was trained on, as the drift monitor sees it
 
     def write(self, path: str | Path) -> None:
         path = Path(path)

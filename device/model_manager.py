@@ -15,6 +15,7 @@ import numpy as np
 from device import cpu
 from device.contracts import ModelIdentity
 from device.detector import Detector, ModelError
+from device.drift import DriftReference
 from device.model_card import ModelCard, card_path_for
 from device.runtimes import RuntimeSettings, model_files
 from device.self_test import SelfTestResult, run_self_test
@@ -87,6 +88,16 @@ def load_checked(path: Path, settings: RuntimeSettings | None = None) -> Detecto
     return detector
 
 
+def drift_reference_of(detector: Detector) -> DriftReference | None:
+    """The reference profile in the model's card (None without a card or a profile: the drift
+    monitor then has nothing to compare with, and says so once)."""
+    card_file = card_path_for(detector.info.path)
+    try:
+        return ModelCard.read(card_file).drift_reference if card_file.is_file() else None
+    except (ValueError, OSError):
+        return None
+
+
 class ModelManager:
     """Holds the serving detector; swaps only when the inference stage calls `take_pending`."""
 
@@ -100,12 +111,15 @@ class ModelManager:
         self._on_message = on_message  # (type, message, candidate path)
         self.detector = loaded or self._load(self.path)
         self.identity = model_identity(self.detector)
+        self.drift_reference = drift_reference_of(self.detector)
         self._pending: Detector | None = None
+        self._pending_reference: DriftReference | None = None
         self._lock = threading.Lock()
         self._fingerprint = self._seen = self._stat()
         self.reference_frame: np.ndarray | None = None
         self.swaps = 0
         self.rejections = 0
+        self.previous: ModelIdentity | None = None  # what the last swap replaced
 
     def _load(self, path: Path) -> Detector:
         return load_checked(path, self._settings_for(path))
@@ -143,8 +157,9 @@ class ModelManager:
             log.error("model %s refused, keeping %s: %s", candidate_path, self.identity.name, exc)
             self._on_message("model_rejected", f"refused: {exc}", str(candidate_path))
             return False
+        reference = drift_reference_of(candidate)  # read here, off the inference thread
         with self._lock:
-            self._pending = candidate
+            self._pending, self._pending_reference = candidate, reference
         log.info("model %s checked; swapping at the next frame", candidate_path)
         return True
 
@@ -152,10 +167,12 @@ class ModelManager:
         """At a frame boundary: swap in a checked model if one waits. True if swapped."""
         with self._lock:
             candidate, self._pending = self._pending, None
+            reference = self._pending_reference
         if candidate is None:
             return False
-        old = self.identity
+        old = self.previous = self.identity
         self.detector, self.identity = candidate, model_identity(candidate)
+        self.drift_reference = reference
         self.swaps += 1
         self._on_message("model_swapped", f"now serving {self.identity.name} {self.identity.sha256[:12]} "
                          f"(was {old.sha256[:12]})", str(candidate.info.path))

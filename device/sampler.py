@@ -16,11 +16,13 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from device.config import ActiveLearningConfig, RateLimits, StrategyConfig
 from device.detector import Detection
+from device.fingerprint import dhash, hamming
+
+__all__ = ["RateLimiter", "SampleDecision", "Sampler", "dhash", "hamming", "strategy_selects"]
 
 WINDOWS = (("per_minute", 60.0), ("per_hour", 3600.0), ("per_day", 86400.0))
 
@@ -51,26 +53,17 @@ class RateLimiter:
         self._times.append(now)
 
 
-def dhash(image: np.ndarray) -> int:
-    """64-bit difference hash: a 9x8 grey thumbnail, one bit per horizontal gradient sign."""
-    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
-    small = cv2.resize(grey, (9, 8), interpolation=cv2.INTER_AREA).astype(np.int16)
-    bits = (small[:, 1:] > small[:, :-1]).flatten()
-    return int(np.packbits(bits).view(">u8")[0])
-
-
-def hamming(a: int, b: int) -> int:
-    return (a ^ b).bit_count()
-
-
 def _relevant(dets: Sequence[Detection], classes: list[str] | None) -> list[Detection]:
     return [d for d in dets if classes is None or d.class_name in classes]
 
 
 def strategy_selects(strategy: StrategyConfig, dets: Sequence[Detection], default_threshold: float,
-                     draw: Callable[[], float]) -> bool:
-    """Whether one strategy wants this frame (limits aside). `draw` gives uniform [0, 100)."""
+                     draw: Callable[[], float], drifting: bool = False) -> bool:
+    """Whether one strategy wants this frame (limits aside). `draw` gives uniform [0, 100);
+    `drifting`: the frame's camera has its drift alarm up."""
     kind = strategy.type
+    if kind == "drift":
+        return drifting and draw() < strategy.percent
     if kind == "close_to_threshold":
         threshold = default_threshold if strategy.threshold is None else strategy.threshold
         near = [d for d in _relevant(dets, strategy.classes) if abs(d.confidence - threshold) <= strategy.epsilon]
@@ -113,12 +106,13 @@ class Sampler:
             for s in config.strategies
         }
 
-    def decide(self, camera: str, image: np.ndarray, dets: Sequence[Detection]) -> SampleDecision | None:
+    def decide(self, camera: str, image: np.ndarray, dets: Sequence[Detection],
+               drifting: bool = False) -> SampleDecision | None:
         if not self.config.enabled or not self.config.strategies:
             return None
         now = self.clock()
         selected = [s for s in self.config.strategies
-                    if strategy_selects(s, dets, self.default_threshold, lambda: self.rng.random() * 100)]
+                    if strategy_selects(s, dets, self.default_threshold, lambda: self.rng.random() * 100, drifting)]
         if not selected:
             return None
         allowed = [s for s in selected if self._limiters[s.name].allows(now)]

@@ -35,6 +35,7 @@ from device.detector import PreparedInput
 from device.folder_memory import FolderMemory, memory_path
 from device.images import IMAGE_SUFFIXES, FileKey, ImageRejected, load_image
 from device.redact import redact, remember_secrets, secrets_in
+from device.rehearsal import apply_drift
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,7 @@ class Camera(threading.Thread):
         self._seq += 1
         self.captured += 1
         captured_mono, frame_time = time.monotonic(), time.time()
+        image = apply_drift(self.config.drift, image)  # a rehearsal's drift: before anything sees the frame
         prepared = self._prepare(image) if self._prepare else None
         frame = Frame(self.config.id, self._seq, image, frame_time, stream_time, captured_mono, source_name,
                       prepared, (time.monotonic() - captured_mono) * 1000)

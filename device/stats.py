@@ -58,6 +58,11 @@ class Stats:
                                 registry=self.registry)
         self.prom_uptime = Gauge("edge_inspect_uptime_seconds", "Seconds since start", registry=self.registry)
         self.prom_disk = Gauge("edge_inspect_free_disk_bytes", "Free bytes on the data disk", registry=self.registry)
+        self.prom_drift = Gauge("edge_inspect_drift", "Per camera and feature: distance of the recent frames from the "
+                                "model's reference, in reference standard deviations", ["camera", "measure"],
+                                registry=self.registry)
+        self.prom_drifting = Gauge("edge_inspect_drifting", "1 while the camera's drift alarm is up", ["camera"],
+                                   registry=self.registry)
         self.prom_active_learning = Gauge("edge_inspect_active_learning", "Sampler, spool and uploader figures",
                                           ["figure"], registry=self.registry)
         self._model_labels: tuple[str, str, str] | None = None
@@ -87,6 +92,11 @@ class Stats:
         self.prom_frames.labels(camera).inc()
         for stage, value in latency_ms.items():
             self.prom_latency.labels(stage).observe(value / 1000)
+
+    def set_drift(self, camera: str, drifting: bool, measures: dict[str, float]) -> None:
+        self.prom_drifting.labels(camera).set(1 if drifting else 0)
+        for name, value in measures.items():
+            self.prom_drift.labels(camera, name).set(value)
 
     def record_event(self, kind: str) -> None:
         self.prom_events.labels(kind).inc()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import random
 import sys
 from pathlib import Path
 
@@ -99,6 +100,10 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alert-threshold", type=float, default=0.5, help="the line's alert confidence (default 0.5)")
     p.add_argument("--min-fidelity", type=float, default=0.98,
                    help="share of the FP32 model's alerts the INT8 model must raise too (default 0.98)")
+    p.add_argument("--match-iou", type=float, default=0.5,
+                   help="an INT8 box raises an FP32 alert when it overlaps it this much (default 0.5; deploy: 0.9)")
+    p.add_argument("--max-mean-score-diff", type=float, default=None,
+                   help="largest mean |INT8 - FP32| score over FP32's alerts (default: not gated; deploy: 0.05)")
     p.add_argument("--candidates", default=None, help="comma-separated candidate names to try (default: all)")
     p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"])
     p.add_argument("--calib-limit", type=int, default=200, help="calibration frames at most")
@@ -156,6 +161,50 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_export)
 
 
+def _add_drift(sub: argparse._SubParsersAction) -> None:
+    from device.rehearsal import DRIFTS
+
+    p = sub.add_parser("drift-reference", help="measure a model's drift reference (its training images and its "
+                                               "detections on held-out photos) and write it into its card")
+    p.add_argument("model", type=Path, help="ONNX model with its model card beside it (the card names its training photos)")
+    p.add_argument("--labels", type=Path, default=None, help="label table (default: data/metal-tags/labels.csv)")
+    p.add_argument("--images-root", type=Path, default=None, help="folder the table's paths are relative to")
+    p.add_argument("--alert-threshold", type=float, default=0.5, help="detections are counted at this score")
+    p.set_defaults(func=cmd_drift_reference)
+    p = sub.add_parser("drift-check", help="replay images through the drift monitor, as a camera showing them would, "
+                                           "and print the verdict and the measures")
+    p.add_argument("model", type=Path, help="ONNX model whose card has a drift reference")
+    p.add_argument("images", type=Path, nargs="+", help="images or folders, shown in this order")
+    p.add_argument("--drift", choices=sorted(DRIFTS), default=None, help="change every image as a drifted line would")
+    p.add_argument("--repeat", type=int, default=1, help="show the images this many times (shuffled each time)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_drift_check)
+
+
+def _add_loop(sub: argparse._SubParsersAction) -> None:
+    from device.rehearsal import DRIFTS
+
+    p = sub.add_parser("loop", help="the closed loop rehearsed on this machine: the line drifts, the device notices, "
+                                    "the loop labels, retrains, gates, deploys (needs the 'loop' extra)")
+    p.add_argument("--drift", choices=sorted(DRIFTS), required=True, help="what changes on the line")
+    p.add_argument("--out", type=Path, required=True, help="the rehearsal's folder (report.json, .md, .png)")
+    p.add_argument("--auto-approve", action="store_true",
+                   help="approve each registered version (the demo only; otherwise run `cloud models approve`)")
+    p.add_argument("--labels", type=Path, default=None, help="label table (default: data/metal-tags/labels.csv)")
+    p.add_argument("--model", type=Path, default=None, help="production model at the start (default: the bundled one)")
+    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs per turn (default 15)")
+    p.add_argument("--trigger-labels", type=int, default=None, help="new labels that start a run (default 80)")
+    p.add_argument("--max-turns", type=int, default=None, help="turns before giving up on the drift (default 2)")
+    p.add_argument("--baseline-s", type=float, default=None, help="undrifted line before the change (default 30)")
+    p.add_argument("--time-limit-minutes", type=float, default=None, help="the whole rehearsal (default 20)")
+    p.add_argument("--imgsz", type=int, default=None, help="training image size (default 448)")
+    p.add_argument("--fps", type=float, default=None, help="the line video's frame rate (default 5)")
+    p.add_argument("--hold-frames", type=int, default=None, help="frames each tag stays in view (default 5)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a pipeline parameter, as for `cloud train` (e.g. gate.tolerance=0.05)")
+    p.set_defaults(func=cmd_loop)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-inspect", description="Visual quality inspection at the edge.")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -169,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_self_test(sub)
     _add_export(sub)
+    _add_drift(sub)
+    _add_loop(sub)
     add_cloud(sub)
     return parser
 
@@ -229,7 +280,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from cloud.quantize import GateSettings, quantize_model
 
     settings = GateSettings(max_drop=args.max_drop, max_drop_map50_95=args.max_drop_map50_95,
-                            alert_threshold=args.alert_threshold, min_fidelity=args.min_fidelity)
+                            alert_threshold=args.alert_threshold, min_fidelity=args.min_fidelity,
+                            match_iou=args.match_iou, max_mean_score_diff=args.max_mean_score_diff)
     report = quantize_model(args.model, args.out, runtime=args.runtime, labels=args.labels,
                             images_root=args.images_root, calib=args.calib, data=args.data, split=args.split,
                             settings=settings, method=args.calib_method, calib_limit=args.calib_limit,
@@ -238,7 +290,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     print(f"wrote {args.out} ({report['chosen']}, {len(report['float_nodes'])} nodes in float): "
           f"latency {int8['latency_ms']:.1f} ms vs FP32 {fp32['latency_ms']:.1f} ms; mAP50 {int8['map50']:.4f} vs "
           f"FP32 {fp32['map50']:.4f}, mAP50-95 {int8['map50_95']:.4f} vs {fp32['map50_95']:.4f}; raises "
-          f"{int8['fidelity']['found']} of FP32's {int8['fidelity']['fp32_alerts']} alerts on {report['gate']['photos']}")
+          f"{int8['fidelity']['found']} of FP32's {int8['fidelity']['fp32_alerts']} alerts (IoU >= {settings.match_iou}, "
+          f"mean score difference {int8['fidelity']['mean_score_diff']}) on {report['gate']['photos']}")
     return 0
 
 
@@ -290,6 +343,70 @@ def cmd_export(args: argparse.Namespace) -> int:
         model_yaml=args.model_yaml, command=command_line())
     print(result.line())
     return 0
+
+
+def cmd_drift_reference(args: argparse.Namespace) -> int:
+    from cloud.drift_profile import from_labels, write_reference
+    from edge_inspect.paths import METAL_TAGS_DIR
+
+    reference = from_labels(args.model, args.labels or METAL_TAGS_DIR / "labels.csv", args.images_root,
+                            args.alert_threshold)
+    write_reference(args.model, reference)
+    print(f"wrote the drift reference of {args.model.name}: {reference.made_from}")
+    return 0
+
+
+def cmd_drift_check(args: argparse.Namespace) -> int:
+    from device import cpu
+    from device.detector import Detector
+    from device.drift import DriftMonitor, DriftSettings
+    from device.images import list_images, read_image
+    from device.model_manager import drift_reference_of
+    from device.rehearsal import apply_drift
+    from device.runtimes import resolve_runtime
+
+    detector = Detector(args.model, runtime=resolve_runtime("auto", args.model))
+    reference = drift_reference_of(detector)
+    if reference is None:
+        raise CliError(f"{args.model.name}'s card has no drift reference (edge-inspect drift-reference writes one)")
+    monitor = DriftMonitor(DriftSettings())
+    monitor.use(reference, detector.info.sha256)
+    paths, rng = list_images(args.images), random.Random(args.seed)
+    highest, raised = 0.0, []
+    for turn in range(args.repeat):
+        order = paths if turn == 0 else rng.sample(paths, len(paths))
+        for path in order:
+            image = apply_drift(args.drift, read_image(path))
+            verdict = monitor.observe("check", image, [d.confidence for d in detector.detect(image)])
+            if verdict and verdict.state != "unknown":
+                highest = max(highest, verdict.score)
+                if verdict.changed and verdict.state == "drifting":
+                    raised.append(f"{path.name} ({verdict.worst} {verdict.score:.1f})")
+    final = monitor.verdicts()
+    if not final:
+        raise CliError(f"fewer than {monitor.settings.min_frames} distinct images: no verdict")
+    v = final[0]
+    print(f"{len(paths) * args.repeat} frames ({v.frames} distinct in the window), drift {args.drift or 'none'}: "
+          f"{v.state}; highest score {highest:.2f} (raise at {monitor.settings.raise_at}); CPU {cpu.describe()}")
+    print("measures: " + ", ".join(f"{k} {x:.2f}" for k, x in v.measures.items()))
+    if raised:
+        print(f"alarm raised {len(raised)} time(s), first at {raised[0]}")
+    return 0
+
+
+def cmd_loop(args: argparse.Namespace) -> int:
+    from cloud.rehearsal.settings import LoopSettings
+    from cloud.training import command_line
+    from edge_inspect.loop import run_loop
+    from edge_inspect.paths import METAL_TAGS_DIR
+
+    given = {"epochs": args.epochs, "trigger_labels": args.trigger_labels, "max_turns": args.max_turns,
+             "baseline_s": args.baseline_s, "time_limit_minutes": args.time_limit_minutes, "imgsz": args.imgsz,
+             "fps": args.fps, "hold_frames": args.hold_frames}
+    settings = LoopSettings(drift=args.drift, out=args.out, auto_approve=args.auto_approve, params=args.param,
+                            **{k: v for k, v in given.items() if v is not None})
+    return run_loop(settings, args.labels or METAL_TAGS_DIR / "labels.csv", args.model or bundled_model_path(),
+                    command_line())
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -358,6 +475,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from pydantic import ValidationError
 
     from cloud.checkpoint import CheckpointError
+    from cloud.deploy.deployer import DeployError
     from cloud.evaluation import EvaluationError
     from cloud.export import ExportError
     from cloud.heldout import HeldoutError
@@ -380,7 +498,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (CliError, ConfigError, DemoError, QuantizationError, ModelError, FrameError, ImageInputError, LabelTableError, TrainingError,
             EvaluationError, HeldoutError, CheckpointError, ExportError, LabelStoreError, LabelingError, StateError,
             StorageError, PipelineConfigError, RunBusy, RegistryError, PipelineAwsError,
-            PipelineBusy, ValidationError, argparse.ArgumentTypeError)
+            PipelineBusy, DeployError, ValidationError, argparse.ArgumentTypeError)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,29 @@ def _add_pipeline(commands: argparse._SubParsersAction) -> None:
         p.add_argument("--by", default=None, help="who decides (default: the login name)")
         p.add_argument("--reason", required=name == "reject", default=None)
         p.set_defaults(func=cmd_models_decide, decision=name)
+        if name == "approve":
+            p.add_argument("--no-deploy", action="store_true", help="only mark it Approved (on site, approving "
+                                                                     "deploys it when cloud.yaml has `deploy`)")
+    deploy = commands.add_parser("deploy", help="approved versions to the lines: canary first, then the fleet")
+    deploy_commands = deploy.add_subparsers(dest="deploy_command", required=True)
+    p = deploy_commands.add_parser("run", help="on site: deploy an Approved version now (what approve does)")
+    p.add_argument("version")
+    p.set_defaults(func=cmd_deploy_run)
+    p = deploy_commands.add_parser("log", help="every step of every rollout (or of one version)")
+    p.add_argument("version", nargs="?")
+    p.set_defaults(func=cmd_deploy_log)
+    p = deploy_commands.add_parser("state-machine", help="print the deployment state machine (Amazon States Language)")
+    for name in ("prepare", "deploy", "judge", "rollback"):
+        p.add_argument(f"--{name}-function", required=True, help=f"Lambda ARN running handlers.lambda_{name}")
+    p.add_argument("--poll-seconds", type=int, default=60)
+    p.set_defaults(func=cmd_deploy_state_machine)
+    p = commands.add_parser("fleet", help="which model every line serves, since when, and its alert rate")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_fleet)
+    p = commands.add_parser("infra", help="write the CloudFormation template of every AWS resource, its parameters "
+                                          "filled from the cloud configuration")
+    p.add_argument("--out", type=Path, required=True, help="folder to write the template into")
+    p.set_defaults(func=cmd_infra)
 
 
 def _config(args: argparse.Namespace):
@@ -193,6 +216,78 @@ def cmd_models_decide(args: argparse.Namespace) -> int:
     status = Approval.APPROVED if args.decision == "approve" else Approval.REJECTED
     version = _registry(args).decide(args.version, status, args.by or getpass.getuser(), args.reason)
     print(f"{version.group} v{version.version}: {version.status.value} by {version.decided_by} at {version.decided_at}")
+    config = _config(args)
+    if status is not Approval.APPROVED or args.no_deploy or config.deploy is None:
+        return 0
+    if config.deploy.backend != "local":
+        print("the deployment state machine starts on AWS on this approval (EventBridge)")
+        return 0
+    return cmd_deploy_run(args)
+
+
+def cmd_deploy_run(args: argparse.Namespace) -> int:
+    """Exit 0 when canary and fleet serve the version, 4 when it was rolled back."""
+    from cloud.deploy.backends import onsite_rollout
+
+    with onsite_rollout(_config(args), say=lambda line: print(line, flush=True)) as rollout:
+        result = rollout.run(args.version)
+    print(f"v{result.version}: {result.outcome}" + (f" on the {result.stage}: {result.reason}" if result.stage else ""))
+    return 0 if result.outcome == "deployed" else 4
+
+
+def cmd_deploy_log(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from cloud.deploy.backends import deploy_settings
+    from cloud.deploy.rollout import RolloutLog
+
+    for when, version, stage, step, detail in RolloutLog(deploy_settings(_config(args)).state_path).steps(args.version):
+        stamp = datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="seconds")
+        print(f"{stamp}  v{version}  {stage or '-':<6}  {step}: {detail}")
+    return 0
+
+
+def cmd_deploy_state_machine(args: argparse.Namespace) -> int:
+    from cloud.deploy.step_functions import DeployMachineSettings, deployment_state_machine_json
+
+    print(deployment_state_machine_json(DeployMachineSettings(
+        prepare_function=args.prepare_function, deploy_function=args.deploy_function,
+        judge_function=args.judge_function, rollback_function=args.rollback_function, poll_seconds=args.poll_seconds)))
+    return 0
+
+
+def cmd_infra(args: argparse.Namespace) -> int:
+    from cloud.infra.template import write_template
+    from edge_inspect.cli import CliError
+
+    try:
+        paths = write_template(_config(args), args.out)
+    except ValueError as exc:
+        raise CliError(f"cloud infra: {exc}") from exc
+    for path in paths:
+        print(path)
+    return 0
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from cloud.deploy.backends import fleet_view
+
+    rows = fleet_view(_config(args))
+    if args.json:
+        print(json.dumps([row.model_dump() for row in rows], indent=2))
+        return 0
+
+    def when(epoch: float | None) -> str:
+        return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds") if epoch else "-"
+
+    print(f"{'thing':<20} {'online':<7} {'version':<10} {'sha256':<13} {'since':<26} {'alerts/min':>10}  last refusal")
+    for r in rows:
+        online = "-" if r.online is None else ("yes" if r.online else "no")
+        rate = "-" if r.alerts_per_minute is None else f"{r.alerts_per_minute:.2f}"
+        print(f"{r.thing:<20} {online:<7} {r.version or '-':<10} {(r.sha256 or '-')[:12]:<13} {when(r.since):<26} "
+              f"{rate:>10}  {r.last_rejection or '-'}")
     return 0
 
 
@@ -223,6 +318,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         parts.append(f"labeling: {config.labeling.backend}, batches of {config.labeling.batch_size}")
     if config.storage is not None:
         parts.append(f"bucket: {config.storage.bucket}/{config.storage.prefix}")
+    if config.deploy is not None:
+        parts.append(f"deploy: {config.deploy.backend}, canary {', '.join(config.deploy.canary) or 'by thing group'}, "
+                     f"{'INT8 when it passes the gate' if config.deploy.quantize else 'FP32'}")
     print(f"{args.config}: OK ({'; '.join(parts)})")
     return 0
 
@@ -252,7 +350,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                  command_line())
         retrain, retrain_s = trigger.check, config.pipeline.check_minutes * 60
     timers = Timers(catch_up_s=settings.catch_up_minutes * 60, poll_s=settings.poll_interval_s, retrain_s=retrain_s)
-    serve(loop, subscriber, timers, stop, retrain)
+    from cloud.deploy.backends import fleet_watcher
+
+    watcher = fleet_watcher(config)
+    if watcher is not None:
+        watcher.start()
+    try:
+        serve(loop, subscriber, timers, stop, retrain)
+    finally:
+        if watcher is not None:
+            watcher.stop()
     return 0
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from label_studio_server import label_studio  # noqa: F401  (a session fixture: a real Label Studio)
+from moto_s3 import moto  # noqa: F401  (a module fixture: moto's S3 server)
 
 REPO = Path(__file__).resolve().parent.parent
 METAL_TAGS = REPO / "data" / "metal-tags"

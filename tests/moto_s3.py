@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 import boto3
+import pytest
 
-from edge_inspect.loopback import wait_until_listening
+from edge_inspect.loopback import free_port, wait_until_listening
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -51,3 +52,11 @@ def set_credentials() -> None:
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    """moto's S3 server, one per test module; each test makes its own bucket in it."""
+    server = MotoS3(free_port(), tmp_path_factory.mktemp("moto")).start()
+    yield server
+    server.stop()

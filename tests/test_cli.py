@@ -103,3 +103,13 @@ def test_eval_of_a_missing_split_is_a_clear_error(tmp_path, bundled_model):
     (tmp_path / "data.yaml").write_text("path: .\ntrain: images/train\nnames: {0: scratch}\n")
     run = cli("eval", "--model", bundled_model, "--data", tmp_path / "data.yaml")
     assert run.returncode == 2 and "has no 'test' split" in run.stderr
+
+
+def test_quantize_refuses_an_impossible_gate_before_any_work(tmp_path):
+    """The deployment gate's settings (IoU 0.9, mean score difference) are the command's too."""
+    out = tmp_path / "int8.onnx"
+    done = cli("quantize", "device/models/metal-tags-yolov8n.onnx", "--out", str(out), "--match-iou", "1.5")
+    assert done.returncode == 2 and "match_iou" in done.stderr and "less than or equal to 1" in done.stderr
+    done = cli("quantize", "device/models/metal-tags-yolov8n.onnx", "--out", str(out), "--max-mean-score-diff", "-1")
+    assert done.returncode == 2 and "max_mean_score_diff" in done.stderr
+    assert not out.exists()

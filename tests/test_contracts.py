@@ -22,6 +22,7 @@ from device.contracts import (
 )
 from device.contracts import _documents as generated_documents
 from device.detector import Detection
+from device.drift import DriftSettings, Verdict
 from device.events import DefectTracker, FrameResult, ended_after_restart
 
 MODEL = ModelIdentity(name="m", version="1", sha256="a" * 64)
@@ -47,6 +48,11 @@ def test_every_message_kind_has_a_builder_whose_output_validates():
         "error": messages.error("line-1", "config_rejected", "bad", MODEL),
         "notice": messages.notice("line-1", "config_applied", "ok", MODEL, applied=["events"], pending_restart=[]),
         "samples": messages.samples("line-1", "bucket", [f"p/raw/line-1/cam/2026/11/22/{'b' * 64}.jpg"]),
+        "model": messages.model_serving("line-1", MODEL, time.time(), previous=MODEL),
+        "drift": messages.drift("line-1", Verdict("cam", "drifting", time.time(), 8.9, "blue_share",
+                                                  {"blue_share": 8.9, "aspect": 0.0}, 20, changed=True,
+                                                  reference=MODEL.sha256),
+                                DriftSettings(), MODEL),
     }
     for kind, message in built.items():
         assert message.kind == kind

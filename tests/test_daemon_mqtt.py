@@ -17,7 +17,7 @@ def validate_all(sub: Subscriber) -> dict[str, int]:
     counts: dict[str, int] = {}
     for topic, payload, _ in list(sub.messages):
         kind = {"events": "event", "stats": "stats", "errors": "error", "notices": "notice",
-                "available": "available", "status": "status"}[topic.rsplit("/", 1)[1]]
+                "available": "available", "status": "status", "model": "model", "drift": "drift"}[topic.rsplit("/", 1)[1]]
         validate(kind, payload.decode() if kind == "available" else json.loads(payload))
         counts[kind] = counts.get(kind, 0) + 1
     return counts
@@ -52,6 +52,8 @@ def test_scratch_video_raises_new_update_end_and_clean_video_nothing(tmp_path, b
         assert kinds[0] == "new" and kinds[-1] == "end" and kinds.count("new") == 1 and kinds.count("end") == 1
     assert len(by_id) >= 3, "at least three of the four scratched tags become defects"
     assert counts.get("stats", 0) >= 1 and counts.get("status", 0) >= 4
+    [serving] = sub.payloads("/model")  # retained: what this line serves, for any later subscriber
+    assert serving["model"]["sha256"] == events[0]["model"]["sha256"] and "previous" not in serving  # none at start
     e = events[0]
     assert e["thing"] == "line-1" and e["model"]["name"] == "metal-tags-yolov8n" and len(e["model"]["sha256"]) == 64
     sub.close()

@@ -28,7 +28,6 @@ import botocore.session
 import pytest
 from botocore.config import Config
 from botocore.stub import Stubber
-from moto_s3 import MotoS3
 
 from cloud.labeling import ground_truth_handlers as handlers
 from cloud.labeling.ground_truth import (
@@ -46,7 +45,6 @@ from cloud.labeling.ground_truth import (
 from cloud.labeling.service import Answer, Batch, Box, LabelingError, Progress, Task
 from cloud.labeling.step_functions import REQUEST_FIELDS, StateMachineSettings, labeling_state_machine
 from cloud.labels.local import LocalLabelStore
-from edge_inspect.loopback import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 ASL_VALIDATOR = REPO / ".tools" / "node_modules" / ".bin" / "asl-validator"
@@ -78,13 +76,6 @@ def make_batch(**changes) -> Batch:
 
 
 # -- fixtures -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory):
-    server = MotoS3(free_port(), tmp_path_factory.mktemp("moto")).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -865,6 +856,7 @@ def test_the_iam_policies_grant_named_actions_on_named_resources():
     assert {"lambda:InvokeFunction", "sagemaker:CreateLabelingJob", "sagemaker:DescribeLabelingJob", "events:PutRule"} <= machine
     trust = documents["ExecutionRoleTrustPolicy"]["Statement"][0]
     assert trust["Principal"] == {"Service": "sagemaker.amazonaws.com"} and trust["Action"] == "sts:AssumeRole"
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": "${AccountId}"}}, "no confused deputy"
 
 
 def test_the_backend_writes_and_reads_only_where_the_policies_allow(aws):

@@ -16,6 +16,7 @@ from cloud.labels.table_io import import_csv
 from cloud.pipeline import jobs
 from cloud.registry.mlflow_registry import MlflowRegistry
 from cloud.registry.registry import FILES, Approval
+from device.model_card import ModelCard
 
 PARAMS = ["train.epochs=1", "train.imgsz=128", "train.workers=0", "gate.floor_map50=0", "gate.floor_map50_95=0"]
 
@@ -66,6 +67,12 @@ def test_the_four_jobs_hand_over_to_each_other_and_register_a_pending_version(tm
     assert version.card.params.train.imgsz == 128 and version.card.dataset.images["test"] == 27
     got = MlflowRegistry(registry_dir, "metal-tags").download("1", tmp_path / "dl")
     assert not got.missing() and len(FILES) == 4
+    # the lines compare their frames with what this model learned from: the run's training images
+    reference = ModelCard.read(got.path("model.card.json")).drift_reference
+    images, on_val = version.card.dataset.images, version.card.params.train.train_on_val
+    assert reference is not None
+    assert reference.features["brightness"].count == images["train"] + (images["val"] if on_val else 0)
+    assert reference.features["detections"].count == (images["val"] or images["test"])
 
 
 def test_a_model_archive_that_tries_to_escape_is_refused(tmp_path):

@@ -78,7 +78,8 @@ def test_quantize_for_openvino_writes_an_ir_that_passes_the_gate_and_its_self_te
     result = run("quantize", fp32, "--runtime", "openvino", "--labels", metal_tags / "labels.csv", "--out", out,
                  "--candidates", "head-tail")
     assert result.returncode == 0, result.stderr[-3000:]
-    raised = re.search(r"raises (\d+) of FP32's (\d+) alerts on 27 labelled photos", result.stdout)
+    raised = re.search(r"raises (\d+) of FP32's (\d+) alerts \(IoU >= 0\.5, mean score difference [\d.]+\) "
+                       r"on 27 labelled photos", result.stdout)
     assert raised and int(raised[1]) >= 0.98 * int(raised[2]) > 200, result.stdout[-1000:]
     assert out.is_file() and out.with_suffix(".bin").is_file() and not list(out.parent.glob(".*.tmp"))
     card = ModelCard.read(card_path_for(out))

@@ -75,7 +75,7 @@ def test_access_control_is_exactly_the_topics_the_daemon_publishes():
     operations = {op for policy in policies.values() for op in policy["operations"]}
     assert operations == {"aws.greengrass#PublishToIoTCore"}
     root = f"{config.mqtt.topic_prefix}/{{iot:thingName}}"
-    expected = {f"{root}/{s}" for s in ("events", "stats", "errors", "notices", "available", "samples")}
+    expected = {f"{root}/{s}" for s in ("events", "stats", "errors", "notices", "model", "available", "samples")}
     expected |= {f"{root}/{camera.id}/status" for camera in config.cameras}
     assert set(resources) == expected
     everything = json.dumps(defaults["accessControl"])

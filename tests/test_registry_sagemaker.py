@@ -10,13 +10,12 @@ import uuid
 import boto3
 import pytest
 from botocore.stub import ANY, Stubber
-from moto_s3 import CREDENTIALS, MotoS3, sha
+from moto_s3 import CREDENTIALS, sha
 from pipeline_helpers import scores, version_files
 
 from cloud.registry.registry import Approval, RegistryError
 from cloud.registry.sagemaker_registry import SageMakerRegistry, client_token
 from cloud.settings import SageMakerRegistrySettings
-from edge_inspect.loopback import free_port
 
 REGION, ACCOUNT = "eu-west-1", "123456789012"
 GROUP_ARN = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:model-package-group/metal-tags"
@@ -27,13 +26,6 @@ GROUP = {"ModelPackageGroupName": "metal-tags", "ModelPackageGroupArn": GROUP_AR
 
 def package_arn(version: int) -> str:
     return f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:model-package/metal-tags/{version}"
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory):
-    server = MotoS3(free_port(), tmp_path_factory.mktemp("moto")).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -3,13 +3,17 @@ For the demo, the closed-loop rehearsal and the tests; it is not a labeling tool
 every row it produces (`labeling_job` = `replay:...`, labeler `replay`).
 
 A sampled frame is a re-encoded JPEG, so it is matched to its reference photo by how it looks,
-not by bytes: both are shrunk to 150x100, each colour channel normalised (mean 0, deviation 1),
-and the nearest reference by mean absolute difference wins if it is near enough. The shared
-photos are many shots of the same tags, nearly alike except for the scratches, so the threshold
-is measured, not guessed: a photo re-encoded as the spool does (JPEG quality 90) is within 0.0051
-of itself, and the nearest *other* photo is 0.0104 away; MAX_DISTANCE sits between. Boxes are
+not by bytes: both are shrunk to 150x100 in grey (luma), normalised (mean 0, deviation 1), and
+the nearest reference by mean absolute difference wins if it is near enough. The shared photos
+are many shots of the same tags, nearly alike except for the scratches, so the threshold is
+measured, not guessed: a photo re-encoded as the spool does (JPEG quality 90) is within 0.0050 of
+itself, and the nearest *other* photo is 0.0104 away (under `warm-light`: 0.0055 and 0.0102;
+`rotate90`: 0.0048 and 0.0094); MAX_DISTANCE sits between. Boxes are
 scaled from the reference photo's size to the frame's. A frame with no reference photo close
 enough gets no answer; when the delay has passed, the batch finishes and that frame is set aside.
+
+In a drift rehearsal (`drift`, the line's `cameras[].drift`) the reference photos are drifted the
+same way before they are compared, and their boxes follow a rotation.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cloud.label_table import approved, read_label_csv, safe_relative_path
 from cloud.labeling.service import Answer, Batch, Box, LabelingError, Progress
 from device.images import read_image
+from device.rehearsal import DriftName, apply_drift
 
 THUMB = (150, 100)
 MAX_DISTANCE = 0.0075  # see the module's docstring for the measurement
@@ -40,11 +45,17 @@ class ReplaySettings(BaseModel):
     table: Path = Field(description="the reference label table (CSV, the shape `train` reads)")
     images: Path = Field(description="the folder its source_ref paths are relative to")
     delay_s: float = Field(0.0, ge=0, le=7 * 24 * 3600, description="how long a 'labeler' takes per batch")
+    drift: DriftName | None = Field(None, description="the rehearsal drift the line applies (cameras[].drift): "
+                                                      "reference photos are matched and their boxes placed as the "
+                                                      "drifted line shows them")
 
 
 def thumbnail(image_bgr: np.ndarray) -> np.ndarray:
-    small = cv2.resize(image_bgr, THUMB, interpolation=cv2.INTER_AREA).astype(np.float32).reshape(-1, 3)
-    return ((small - small.mean(axis=0)) / (small.std(axis=0) + 1e-6)).ravel()
+    # luma, not the colour channels: JPEG keeps luma at full resolution but halves chroma, and a
+    # tinted frame (a warm lamp) carries chroma the grey reference photos do not
+    grey = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY) if image_bgr.ndim == 3 else image_bgr
+    small = cv2.resize(grey, THUMB, interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+    return (small - small.mean()) / (small.std() + 1e-6)
 
 
 @dataclass(frozen=True)
@@ -57,15 +68,24 @@ class Reference:
     boxes: tuple[Box, ...]
 
 
+def rotated_clockwise(box: Box, height: int) -> Box:
+    """A box of a `height`-tall image, in the image turned a quarter clockwise."""
+    return box.model_copy(update={"left": height - (box.top + box.height), "top": box.left,
+                                  "width": box.height, "height": box.width})
+
+
 def load_references(settings: ReplaySettings, classes: list[str]) -> list[Reference]:
     refs = []
     for record in approved(read_label_csv(settings.table)):
         path = settings.images / safe_relative_path(record.source_ref)
-        image = read_image(path)
+        image = apply_drift(settings.drift, read_image(path))  # the photo as the drifted line shows it
+        width, height = record.image_width, record.image_height
         boxes = tuple(Box(class_name=classes[b.class_id], left=b.left, top=b.top, width=b.width, height=b.height)
                       for b in record.boxes if b.class_id < len(classes))
-        refs.append(Reference(record.source_ref, record.image_width, record.image_height,
-                              record.image_width / record.image_height, thumbnail(image), boxes))
+        if settings.drift == "rotate90":
+            boxes = tuple(rotated_clockwise(b, height) for b in boxes)
+            width, height = height, width
+        refs.append(Reference(record.source_ref, width, height, width / height, thumbnail(image), boxes))
     if not refs:
         raise LabelingError(f"replay: {settings.table} has no APPROVED rows to answer from")
     return refs

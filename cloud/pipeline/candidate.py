@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+from cloud.drift_profile import from_dataset
 from cloud.pipeline.card import VersionCard, code_version, device_card, now_iso
 from cloud.pipeline.evaluate import Evaluation
 from cloud.pipeline.gate import GateDecision
@@ -31,7 +32,8 @@ def export_candidate(checkpoint: Path, imgsz: int, folder: Path) -> VersionFiles
 
 
 def assemble(candidate: VersionFiles, params: PipelineParams, run_id: str, dataset: DatasetSummary,
-             trained: TrainOutput, evaluation: Evaluation, decision: GateDecision, command: str) -> VersionCard:
+             trained: TrainOutput, evaluation: Evaluation, decision: GateDecision, command: str,
+             data_yaml: Path) -> VersionCard:
     card = VersionCard(
         name=params.model_group, run_id=run_id, created=now_iso(), class_names=params.class_names,
         imgsz=params.train.imgsz, onnx_sha256=file_sha256(candidate.onnx),
@@ -39,7 +41,10 @@ def assemble(candidate: VersionFiles, params: PipelineParams, run_id: str, datas
         start=trained.start, dataset=dataset, evaluation=evaluation, gate=decision, params=params,
         curve=trained.curve, code_version=code_version(), packages=package_versions(), command=command)
     candidate.path(VERSION_CARD).write_text(card.model_dump_json(indent=2))
-    device_card(card, candidate.onnx).write(candidate.path(DEVICE_CARD))
+    device = device_card(card, candidate.onnx)
+    # what the lines will compare their frames with: the images this model learned from
+    device.drift_reference = from_dataset(candidate.onnx, data_yaml, params.train.train_on_val, params.gate.alert_conf)
+    device.write(candidate.path(DEVICE_CARD))
     return card
 
 

@@ -105,7 +105,7 @@ def run_evaluate(params: PipelineParams, run_id: str, command: str, root: Path =
                                              params.gate.alert_conf, out / "evaluation")
     decision = decide(evaluation, params.gate)
     assemble(candidate, params, run_id, dataset.dataset, trained.model_copy(update={"checkpoint": model / "model.pt"}),
-             evaluation, decision, command)
+             evaluation, decision, command, data_yaml)
     report = EvaluationReport(**evaluation.model_dump(), gate=decision)
     (out / "evaluation" / evaluate_step.OUTPUT).write_text(report.model_dump_json(indent=2))
 

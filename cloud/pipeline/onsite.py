@@ -116,7 +116,7 @@ def _steps(site: OnSite, record: RunRecord, command: str) -> RunRecord:
 
     site.runs.step(run_id, "gate")
     decision = decide(evaluation, params.gate)
-    assemble(candidate, params, run_id, pre.dataset, trained, evaluation, decision, command)
+    assemble(candidate, params, run_id, pre.dataset, trained, evaluation, decision, command, pre.data_yaml)
     for line in decision.reasons:
         log.info("%s gate: %s", run_id, line)
     if not decision.passed:

@@ -44,6 +44,8 @@ class GateSettings(BaseModel):
     extra_slack: float = Field(0.1, ge=0, le=1, description="an alert FP32 scores this close below the threshold "
                                                              "is a borderline case, not an extra alert")
     match_iou: float = Field(0.5, gt=0, le=1)
+    max_mean_score_diff: float | None = Field(None, ge=0, le=1, description="largest mean |INT8 - FP32| score over "
+                                                                           "FP32's alerts (None: not gated)")
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class Fidelity:
     found: int  # FP32 alerts the candidate also raises
     extra: int  # candidate alerts the FP32 model scores below threshold - slack
     worst_score_diff: float  # over FP32 alerts: |candidate score - FP32 score| of the best match
+    mean_score_diff: float = 0.0  # the same, averaged over FP32 alerts
 
     @property
     def recall(self) -> float:
@@ -108,16 +111,17 @@ def _twin_score(box: Detection, among: list[Detection], iou: float) -> float:
 def fidelity(candidate: Detector, reference: Reference, settings: GateSettings) -> Fidelity:
     threshold = settings.alert_threshold
     alerts = found = extra = 0
-    worst = 0.0
+    diffs: list[float] = []
     for image, fp32_boxes in reference.items():
         boxes = candidate.detect(read_image(Path(image)), conf=FIDELITY_FLOOR)
         for ref in (b for b in fp32_boxes if b.confidence >= threshold):
             alerts += 1
             found += _best_match(ref, boxes, settings.match_iou) >= threshold
-            worst = max(worst, abs(_twin_score(ref, boxes, settings.match_iou) - ref.confidence))
+            diffs.append(abs(_twin_score(ref, boxes, settings.match_iou) - ref.confidence))
         for box in (b for b in boxes if b.confidence >= threshold):
             extra += _best_match(box, fp32_boxes, settings.match_iou) < threshold - settings.extra_slack
-    return Fidelity(alerts, found, extra, round(worst, 4))
+    return Fidelity(alerts, found, extra, round(max(diffs, default=0.0), 4),
+                    round(sum(diffs) / len(diffs), 4) if diffs else 0.0)
 
 
 def failures(fp32: EvalResult, measured: Measured, settings: GateSettings) -> list[str]:
@@ -135,6 +139,8 @@ def failures(fp32: EvalResult, measured: Measured, settings: GateSettings) -> li
     if f is not None and f.recall < settings.min_fidelity:
         out.append(f"raises {f.found} of FP32's {f.fp32_alerts} alerts at {settings.alert_threshold} "
                    f"({f.recall:.3f} < {settings.min_fidelity})")
+    if f is not None and settings.max_mean_score_diff is not None and f.mean_score_diff > settings.max_mean_score_diff:
+        out.append(f"scores FP32's alerts {f.mean_score_diff:.3f} off on average (allowed {settings.max_mean_score_diff})")
     if f is not None and f.extra_rate > settings.max_extra:
         out.append(f"raises {f.extra} alert(s) FP32 does not ({f.extra_rate:.3f} per FP32 alert > {settings.max_extra})")
     return out

@@ -72,7 +72,17 @@ def calibration_images(card: ModelCard | None, labels_csv: Path | None, images_r
 
 
 def gate_data(card: ModelCard | None, labels_csv: Path | None, images_root: Path | None, data: Path | None,
-              split: str, workdir: Path) -> GateData:
+              split: str, workdir: Path, recent_frames: list[Path] | None = None) -> GateData:
+    gate = _gate_data(card, labels_csv, images_root, data, split, workdir)
+    if not recent_frames:
+        return gate
+    return GateData(gate.data_yaml, gate.split, gate.images,
+                    f"{gate.source}, and {len(recent_frames)} recent line frames (fidelity)",
+                    gate.alert_images + recent_frames)
+
+
+def _gate_data(card: ModelCard | None, labels_csv: Path | None, images_root: Path | None, data: Path | None,
+               split: str, workdir: Path) -> GateData:
     if data is not None:  # a dataset the user names: its split gates
         return GateData(data, split, split_images(data, split), f"split {split!r} of {data}")
     if card is None or labels_csv is None:

@@ -92,7 +92,11 @@ def _install(source: Path, out: Path, card: ModelCard) -> None:
 def quantize_model(model: Path, out: Path, *, runtime: Runtime = "onnxruntime", labels: Path | None = None,
                    images_root: Path | None = None, calib: Path | None = None, data: Path | None = None,
                    split: str = "test", settings: GateSettings | None = None, method: str = "minmax",
-                   calib_limit: int = 200, only: list[str] | None = None) -> dict:
+                   calib_limit: int = 200, only: list[str] | None = None,
+                   recent_frames: list[Path] | None = None) -> dict:
+    """Quantize `model`, gate every candidate, install the fastest that passes at `out` with its
+    card; raises QuantizationError (nothing written) when none passes. `recent_frames`: more
+    images, e.g. the line's own spool, on which INT8 must raise FP32's alerts too."""
     settings = settings or GateSettings()
     if runtime not in SUFFIX:
         raise QuantizationError(f"runtime {runtime!r} is not one of {', '.join(SUFFIX)}")
@@ -108,7 +112,7 @@ def quantize_model(model: Path, out: Path, *, runtime: Runtime = "onnxruntime", 
     images = calibration_images(card, labels, images_root, calib, calib_limit)
     with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
         workdir = Path(tmp)
-        gate = gate_data(card, labels, images_root, data, split, workdir)
+        gate = gate_data(card, labels, images_root, data, split, workdir, recent_frames)
         # FP32 timed on the candidate's runtime: the card compares like with like
         fp32 = Measured(evaluate(model, gate.data_yaml, gate.split), latency_ms=latency_ms(model, runtime))
         reference = reference_detections(Detector(model), gate.alert_images)

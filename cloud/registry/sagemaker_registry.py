@@ -91,8 +91,9 @@ class SageMakerRegistry:
         data = path.read_bytes()
         digest = hashlib.sha256(data).hexdigest()
         key = f"{self.settings.prefix}/{self.group}/sha256/{digest}/{path.name}"
-        aws_call(self.s3, "put_object", RegistryAwsError, Bucket=self.settings.bucket, Key=key, Body=data,
-                 ServerSideEncryption="aws:kms")
+        # no SSE header: the bucket's default (the product's KMS key) applies; the header alone would
+        # pick the account's aws/s3 key instead
+        aws_call(self.s3, "put_object", RegistryAwsError, Bucket=self.settings.bucket, Key=key, Body=data)
         return f"s3://{self.settings.bucket}/{key}"
 
     def _read(self, uri: str) -> bytes:

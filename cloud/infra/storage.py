@@ -1,0 +1,126 @@
+"""The KMS key and the product's bucket.
+
+One bucket, one prefix per job (frames under `{FramesPrefix}/raw/`, labeling, pipeline, registry,
+components), so that each role below is granted its prefixes and nothing else. One customer key:
+the bucket, the fleet table, the logs and the Lambda environments are encrypted with it, and its
+use is logged in CloudTrail.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .policy import WHY, arn, fsub
+
+KEY, BUCKET, ACCESS_LOGS = "Key", "Bucket", "AccessLogBucket"
+NONCURRENT_DAYS = 30  # an overwritten or deleted object can be brought back for a month
+
+
+def key() -> dict[str, Any]:
+    WHY["KeyAdministeredByAccount"] = (
+        "Resource is *: in a key policy it means this key. The account's root principal delegates "
+        "the key's use to IAM, where each role below is granted only the calls it makes.")
+    WHY["KeyForLogs"] = ("CloudWatch Logs encrypts this product's log groups with the key; Resource * is "
+                         "this key, and the condition keeps it to this account's log groups. ReEncrypt* and "
+                         "GenerateDataKey* are the action families CloudWatch Logs documents for this grant.")
+    return {"Type": "AWS::KMS::Key", "Properties": {
+        "Description": "edge-inspect: frames, labels, models, the fleet table and logs",
+        "EnableKeyRotation": True,
+        "KeyPolicy": {"Version": "2012-10-17", "Statement": [
+            {"Sid": "KeyAdministeredByAccount", "Effect": "Allow",
+             "Principal": {"AWS": fsub("arn:${AWS::Partition}:iam::${AWS::AccountId}:root")},
+             "Action": "kms:*", "Resource": "*"},
+            {"Sid": "KeyForLogs", "Effect": "Allow",
+             "Principal": {"Service": fsub("logs.${AWS::Region}.amazonaws.com")},
+             "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"],
+             "Resource": "*",
+             "Condition": {"ArnLike": {"kms:EncryptionContext:aws:logs:arn":
+                                       fsub(arn("logs", "log-group:*"))}}},
+        ]},
+    }}
+
+
+def _public_access_blocked() -> dict[str, bool]:
+    return {"BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True, "RestrictPublicBuckets": True}
+
+
+def bucket() -> dict[str, Any]:
+    return {"Type": "AWS::S3::Bucket", "DeletionPolicy": "Retain", "UpdateReplacePolicy": "Retain", "Properties": {
+        "BucketName": {"Ref": "BucketName"},
+        "BucketEncryption": {"ServerSideEncryptionConfiguration": [{
+            "ServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": {"Fn::GetAtt": [KEY, "Arn"]}},
+            "BucketKeyEnabled": True}]},  # one data key per object batch, not one KMS call per frame
+        "VersioningConfiguration": {"Status": "Enabled"},
+        "LifecycleConfiguration": {"Rules": [
+            {"Id": "RawFramesExpire", "Status": "Enabled", "Prefix": fsub("${FramesPrefix}/raw/"),
+             "ExpirationInDays": {"Ref": "RawFramesDays"}},
+            {"Id": "OldVersionsExpire", "Status": "Enabled",
+             "NoncurrentVersionExpiration": {"NoncurrentDays": NONCURRENT_DAYS},
+             "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7}},
+        ]},
+        "PublicAccessBlockConfiguration": _public_access_blocked(),
+        "OwnershipControls": {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},  # no ACLs at all
+        "LoggingConfiguration": {"DestinationBucketName": {"Ref": ACCESS_LOGS}, "LogFilePrefix": "bucket/"},
+        # Ground Truth's worker portal shows the frames from presigned URLs in the browser; CORS
+        # only lets the portal's pages (this region's labeling domains) read what a URL grants.
+        "CorsConfiguration": {"CorsRules": [{
+            "AllowedMethods": ["GET"], "AllowedHeaders": [],
+            "AllowedOrigins": [fsub("https://*.labeling.${AWS::Region}.sagemaker.aws")], "MaxAge": 3000}]},
+    }}
+
+
+def access_log_bucket() -> dict[str, Any]:
+    return {"Type": "AWS::S3::Bucket", "DeletionPolicy": "Retain", "UpdateReplacePolicy": "Retain",
+            "Metadata": {"checkov": {"skip": [
+                {"id": "CKV_AWS_18", "comment": "the access log bucket does not log itself: it would log its own "
+                                                "log deliveries without end"},
+            ]}},
+            "Properties": {
+                "BucketEncryption": {"ServerSideEncryptionConfiguration": [{
+                    "ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]},
+                "VersioningConfiguration": {"Status": "Enabled"},
+                "LifecycleConfiguration": {"Rules": [
+                    {"Id": "AccessLogsExpire", "Status": "Enabled", "ExpirationInDays": 365,
+                     "NoncurrentVersionExpiration": {"NoncurrentDays": NONCURRENT_DAYS}}]},
+                "PublicAccessBlockConfiguration": _public_access_blocked(),
+                "OwnershipControls": {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
+            }}
+
+
+def _deny_plain_http(bucket_ref: str, sid: str) -> dict[str, Any]:
+    WHY[sid] = ("Principal * in a Deny: nobody, whatever their permissions, reads or writes the bucket "
+                "without TLS 1.2 or later.")
+    return {"Sid": sid, "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+            "Resource": [{"Fn::GetAtt": [bucket_ref, "Arn"]}, fsub("${" + bucket_ref + ".Arn}/*")],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}}}
+
+
+def _deny_old_tls(bucket_ref: str, sid: str) -> dict[str, Any]:
+    WHY[sid] = "Principal * in a Deny: TLS before 1.2 is refused for everyone."
+    return {"Sid": sid, "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+            "Resource": [{"Fn::GetAtt": [bucket_ref, "Arn"]}, fsub("${" + bucket_ref + ".Arn}/*")],
+            "Condition": {"NumericLessThan": {"s3:TlsVersion": "1.2"}}}
+
+
+def bucket_policy() -> dict[str, Any]:
+    return {"Type": "AWS::S3::BucketPolicy", "Properties": {"Bucket": {"Ref": BUCKET}, "PolicyDocument": {
+        "Version": "2012-10-17",
+        "Statement": [_deny_plain_http(BUCKET, "BucketDenyPlainHttp"), _deny_old_tls(BUCKET, "BucketDenyOldTls")]}}}
+
+
+def access_log_bucket_policy() -> dict[str, Any]:
+    WHY["AccessLogsDelivery"] = "only S3's log delivery, for the product's bucket in this account, writes here."
+    return {"Type": "AWS::S3::BucketPolicy", "Properties": {"Bucket": {"Ref": ACCESS_LOGS}, "PolicyDocument": {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "AccessLogsDelivery", "Effect": "Allow", "Principal": {"Service": "logging.s3.amazonaws.com"},
+             "Action": "s3:PutObject", "Resource": fsub("${" + ACCESS_LOGS + ".Arn}/bucket/*"),
+             "Condition": {"ArnLike": {"aws:SourceArn": fsub("arn:${AWS::Partition}:s3:::${BucketName}")},
+                           "StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}},
+            _deny_plain_http(ACCESS_LOGS, "AccessLogsDenyPlainHttp"),
+        ]}}}
+
+
+def resources() -> dict[str, Any]:
+    return {KEY: key(), BUCKET: bucket(), ACCESS_LOGS: access_log_bucket(),
+            "BucketPolicy": bucket_policy(), "AccessLogBucketPolicy": access_log_bucket_policy()}

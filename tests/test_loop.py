@@ -1,0 +1,76 @@
+"""`edge-inspect loop` on a CI-sized schedule (one epoch, a few labels, one turn), run as a user
+runs it: the mechanics are real (mosquitto, moto's S3 server, the daemon, the replay labeler, the
+pipeline, the MLflow registry, the local deployer), only the schedule is tiny, and the gate is
+opened so that a one-epoch model is registered. The full-size run and its figures are in the
+README (`make loop`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from conftest import REPO
+
+from cloud.labels.local import LocalLabelStore
+from cloud.registry.mlflow_registry import MlflowRegistry
+from cloud.registry.registry import Approval
+from device.messages import validate
+
+
+def test_one_turn_of_the_loop_on_a_tiny_schedule(tmp_path):
+    out = tmp_path / "loop"
+    done = subprocess.run(
+        [sys.executable, "-m", "edge_inspect", "loop", "--drift", "warm-light", "--out", str(out), "--auto-approve",
+         "--epochs", "1", "--trigger-labels", "16", "--max-turns", "1", "--baseline-s", "2", "--fps", "10",
+         "--hold-frames", "2", "--time-limit-minutes", "14",
+         "--param", "gate.tolerance=1", "--param", "gate.floor_map50=0", "--param", "gate.floor_map50_95=0",
+         "--param", "train.batch=8"],
+        cwd=REPO, capture_output=True, text=True, timeout=1500)
+    assert done.returncode in (0, 3), (done.stdout[-4000:], done.stderr[-4000:])
+    report = json.loads((out / "report.json").read_text())
+    assert (out / "report.md").read_text().startswith("# Closed loop rehearsal: warm-light")
+    assert (out / "report.png").stat().st_size > 10_000
+
+    # the device noticed: the undrifted line stayed ok, the drifted one raised the alarm
+    states = [state for _, state, _ in report["series"]["drift"]]
+    assert states[0] == "ok" and "drifting" in states, states
+    assert "drift raised on tagcam: blue_share" in done.stdout
+
+    # the frames went through the bucket and came back as labels (their source_ref is their S3 key)
+    rows = LocalLabelStore(out / "cloud" / "labels").as_of(time.time())
+    sampled = [r for r in rows if r.source_ref.startswith("edge-inspect/raw/line-1/tagcam/")]
+    assert len(sampled) >= 16 and all(r.labeling_job.startswith("replay:") for r in sampled)
+
+    # a new version, fine-tuned from production, with the dataset it was made from, approved
+    registry = MlflowRegistry(out / "cloud" / "registry", "metal-tags")
+    v2 = registry.get("2")
+    assert v2.card.parent_version == "1" and v2.card.start.kind == "checkpoint" and v2.card.start.version == "1"
+    assert v2.card.dataset.fingerprint and v2.card.dataset.images["train"] > 148
+    assert v2.status is Approval.APPROVED and v2.decided_by == "edge-inspect loop --auto-approve"
+
+    # the line serves it: the daemon's retained model message carries v2's sha256
+    assert report["before"]["version"] == "1" and report["after"]["version"] == "2"
+    assert report["after"]["sha256"] == v2.card.onnx_sha256
+    assert report["series"]["served"][-1][1] == v2.card.onnx_sha256
+    assert report["before"]["onnx"] != report["after"]["onnx"]
+
+    # the verdict after the swap is what the figures say
+    [turn] = report["turns"]
+    last_state, last_score = report["series"]["drift"][-1][1:]
+    assert turn["rollout"] == "deployed" and turn["drift_after"] == last_state
+    assert turn["outcome"] == ("drift cleared" if last_state == "ok" else "drift persists")
+    # hysteresis: a camera still drifting is at or above clear_below; one back to ok is below raise_at
+    assert last_score >= 2.0 if last_state == "drifting" else last_score < 3.0
+    assert report["targets_met"] == (report["after"]["drifted"]["map50"] >= 0.85
+                                     and report["after"]["undrifted"]["map50"]
+                                     >= report["before"]["undrifted"]["map50"] - 0.02)
+    assert report["before"]["drifted"]["map50"] < 0.5, "the production model is nearly blind under the warm lamp"
+    for line in (out / "line" / "daemon.log").read_text().splitlines():
+        assert "Traceback" not in line
+    sent = [json.loads(line) for line in (out / "line" / "messages.jsonl").read_text().splitlines()]
+    drift_messages = [m["payload"] for m in sent if m["topic"].endswith("/tagcam/drift")]
+    assert {"ok", "drifting"} <= {m["state"] for m in drift_messages}, "the line's own record of its verdicts"
+    for message in drift_messages:
+        validate("drift", message)

@@ -84,7 +84,9 @@ def cloud_config(folder: Path, settings: LoopSettings, photos: LinePhotos, line_
         },
         "deploy": {
             "backend": "local", "state_path": str(cloud / "deploy.sqlite"), "work_dir": str(cloud / "shipments"),
-            "canary": [THING], "quantize": False,
+            # one line, so it is the fleet: no canary. A canary's alert-rate band would (rightly, on a
+            # real fleet) hold back a model that suddenly alerts far more than the blind one it replaces.
+            "canary": [], "quantize": False,
             "promotion": {"window_minutes": 0.5, "poll_seconds": 1.0, "min_alerts": 5, "swap_timeout_minutes": 3},
             "local": {"lines": [{"thing": THING, "model_path": str(line_model)}]},
         },

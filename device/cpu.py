@@ -21,5 +21,11 @@ def instruction_sets() -> tuple[str, ...]:
     return tuple(name for name in ISA_OF_INTEREST if found.get(name))
 
 
+def has_vnni() -> bool:
+    """VNNI (AVX-512 or AVX) changes which integer kernels ONNX Runtime runs, and so, slightly,
+    an INT8 model's outputs: figures measured with it are compared like for like."""
+    return any(isa in instruction_sets() for isa in ("AVX512VNNI", "AVXVNNI"))
+
+
 def describe() -> str:
     return " ".join(isa.lower() for isa in instruction_sets()) or "unknown"

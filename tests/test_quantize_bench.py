@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
+from device.cpu import has_vnni
 from device.detector import Detector, file_sha256
 from device.model_card import ModelCard, card_path_for
 
@@ -137,7 +138,7 @@ def test_shipped_int8_model_passed_the_gate_and_its_card_reproduces(bundled_mode
     card = ModelCard.read(card_path_for(INT8))
     assert card.precision == "int8" and card.model_sha256 == file_sha256(INT8)
     assert card.quantization["fp32_model_sha256"] == file_sha256(bundled_model)
-    assert "reduce_range" in card.quantization["format"], "7-bit weights: the same integers with and without VNNI"
+    assert "reduce_range" in card.quantization["format"], "7-bit weights: no 16-bit saturation without VNNI"
     int8, fp32, gate = card.metrics["heldout"], card.metrics["heldout_fp32"], card.quantization["gate"]
     assert int8["images"] == 27 and "outside metal-tags-yolov8n's training split" in gate["photos"]
     assert fp32["map50"] - int8["map50"] <= gate["max_drop"] <= 0.01
@@ -146,8 +147,18 @@ def test_shipped_int8_model_passed_the_gate_and_its_card_reproduces(bundled_mode
     result = run("eval", "--model", INT8, "--data", heldout, "--split", "heldout", "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(result.stdout)
-    assert figures["map50"] == pytest.approx(int8["map50"], abs=2e-3)
-    assert figures["map50_95"] == pytest.approx(int8["map50_95"], abs=2e-3)
+    if card.quantization["measured_on"]["vnni"] == has_vnni():
+        # the same integer kernels as where the card was made: its figures, to rounding
+        assert figures["map50"] == pytest.approx(int8["map50"], abs=2e-3)
+        assert figures["map50_95"] == pytest.approx(int8["map50_95"], abs=2e-3)
+    else:
+        # other kernels round requantization differently (0.8973 on an AVX2-only EPYC vs 0.8949 with
+        # VNNI): what must hold on any CPU is the gate itself, against FP32 measured here
+        here = run("eval", "--model", bundled_model, "--data", heldout, "--split", "heldout", "--json")
+        fp32_here = json.loads(here.stdout)
+        assert fp32_here["map50"] - figures["map50"] <= gate["max_drop"]
+        assert fp32_here["map50_95"] - figures["map50_95"] <= gate["max_drop_map50_95"]
+        assert abs(figures["map50"] - int8["map50"]) <= gate["max_drop"]
     assert Detector(INT8).info.class_names == ("scratch",)
 
 

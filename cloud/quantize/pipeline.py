@@ -24,6 +24,7 @@ from cloud.quantize.candidate import CandidateModel
 from cloud.quantize.gate import GateSettings, Measured, QuantizationError, failures, fidelity, reference_detections
 from cloud.quantize.inputs import calibration_images, gate_data
 from cloud.training import command_line
+from device import cpu
 from device.detector import Detector, file_sha256
 from device.model_card import TRACKED_PACKAGES, ModelCard, card_path_for, package_versions
 from device.self_test import make_self_test, run_self_test
@@ -169,7 +170,9 @@ def _card(model: Path, fp32_card: ModelCard, int8: Path, out_name: str, report: 
     quantization = {k: v for k, v in report.items() if k not in ("fp32", "int8")}
     quantization.update({"fp32_model": model.name, "fp32_model_sha256": file_sha256(model),
                          "format": ort_backend.FORMAT if report["runtime"] == "onnxruntime" else
-                         "OpenVINO IR, NNCF post-training quantization"})
+                         "OpenVINO IR, NNCF post-training quantization",
+                         # INT8 figures move a little between CPUs (see onnxruntime.py): say where these were taken
+                         "measured_on": {"instruction_sets": cpu.describe(), "vnni": cpu.has_vnni()}})
     detector = _detector(int8, report["runtime"])
     card = ModelCard(**{**base, "name": Path(out_name).stem, "model_file": out_name, "model_sha256": detector.info.sha256,
                         "precision": "int8", "metrics": metrics, "quantization": quantization,

@@ -20,7 +20,10 @@ from cloud.label_table import LabelRecord
 from device.images import read_image
 from device.model_card import ModelCard, card_path_for
 
-VIDEO_QUALITY = 95  # MJPEG: close to the photos, so the replay labeler still recognises each frame
+# Lossless (FFV1), so each frame is its photo and the replay labeler recognises it: OpenCV's MJPEG
+# writer ignores its quality setting, and its frames were 0.010-0.013 from their own photos after
+# the drift and the spool's JPEG (the labeler's limit is 0.0075); FFV1's are 0.004-0.005.
+VIDEO_CODECS = ("FFV1", "png ")  # png: where FFmpeg lacks FFV1
 
 
 class LineError(RuntimeError):
@@ -47,15 +50,12 @@ def line_photos(production_model: Path, labels_csv: Path, images_root: Path | No
 
 
 def line_video(out: Path, photos: LinePhotos, fps: float, hold_frames: int, seed: int) -> Path:
-    """MJPEG in AVI: every shown photo once, in a shuffled order, each held `hold_frames` frames."""
+    """Lossless AVI: every shown photo once, in a shuffled order, each held `hold_frames` frames."""
     order = list(photos.shown)
     random.Random(seed).shuffle(order)
     first = read_image(photos.path(order[0]))
     size = (first.shape[1], first.shape[0])
-    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
-    if not writer.isOpened():
-        raise LineError(f"cannot write the line video {out}")
-    writer.set(cv2.VIDEOWRITER_PROP_QUALITY, VIDEO_QUALITY)
+    writer = _lossless_writer(out, fps, size)
     try:
         for record in order:
             image = read_image(photos.path(record))
@@ -66,3 +66,12 @@ def line_video(out: Path, photos: LinePhotos, fps: float, hold_frames: int, seed
     finally:
         writer.release()
     return out
+
+
+def _lossless_writer(out: Path, fps: float, size: tuple[int, int]) -> cv2.VideoWriter:
+    for codec in VIDEO_CODECS:
+        writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*codec), fps, size)
+        if writer.isOpened():
+            return writer
+        writer.release()
+    raise LineError(f"cannot write the line video {out}: this OpenCV has none of {', '.join(VIDEO_CODECS)}")

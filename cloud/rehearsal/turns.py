@@ -80,6 +80,9 @@ class CloudSide:
     config: CloudConfig
     site: OnSite
     stop: threading.Event = field(default_factory=threading.Event)
+    # the trigger may start a run only while a turn waits for one: labels keep arriving during a
+    # rollout and after the last turn, and a run started then would outlive the rehearsal
+    armed: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     trigger: RetrainTrigger | None = None
 
@@ -97,7 +100,7 @@ class CloudSide:
             if watcher is not None:
                 watcher.start()
             try:
-                serve(loop, subscriber, timers, self.stop, self.trigger.check)
+                serve(loop, subscriber, timers, self.stop, self._check)
             finally:
                 if watcher is not None:
                     watcher.stop()
@@ -105,7 +108,14 @@ class CloudSide:
         self.thread = threading.Thread(target=work, name="cloud-serve", daemon=True)
         self.thread.start()
 
+    def _check(self) -> bool:
+        if not self.armed.is_set() or not self.trigger.check():
+            return False
+        self.armed.clear()  # one run per turn
+        return True
+
     def close(self) -> None:
+        self.armed.clear()
         self.stop.set()
         if self.trigger is not None and self.trigger.running():
             log.warning("a pipeline run is still going; it resumes at the next `cloud serve`")
@@ -190,6 +200,7 @@ class Rehearsal:
     def _wait_for_run(self, turn: int, after: float, since: float) -> RunRecord | None:
         """Labels arrive, the trigger starts a run, the run finishes; progress on the terminal."""
         shown = -1
+        self.cloud.armed.set()
         while self.left() > 0:
             self._line_alive()
             record = self._finished_run(after)

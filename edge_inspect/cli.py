@@ -192,10 +192,12 @@ def _add_loop(sub: argparse._SubParsersAction) -> None:
                    help="approve each registered version (the demo only; otherwise run `cloud models approve`)")
     p.add_argument("--labels", type=Path, default=None, help="label table (default: data/metal-tags/labels.csv)")
     p.add_argument("--model", type=Path, default=None, help="production model at the start (default: the bundled one)")
-    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs per turn (default 15)")
+    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs per turn (default 6)")
     p.add_argument("--trigger-labels", type=int, default=None, help="new labels that start a run (default 80)")
     p.add_argument("--max-turns", type=int, default=None, help="turns before giving up on the drift (default 2)")
     p.add_argument("--baseline-s", type=float, default=None, help="undrifted line before the change (default 30)")
+    p.add_argument("--after-s", type=float, default=None,
+                   help="the line runs on after the new model is in, for the report's alerts (default 60)")
     p.add_argument("--time-limit-minutes", type=float, default=None, help="the whole rehearsal (default 20)")
     p.add_argument("--imgsz", type=int, default=None, help="training image size (default 448)")
     p.add_argument("--fps", type=float, default=None, help="the line video's frame rate (default 5)")
@@ -402,7 +404,7 @@ def cmd_loop(args: argparse.Namespace) -> int:
 
     given = {"epochs": args.epochs, "trigger_labels": args.trigger_labels, "max_turns": args.max_turns,
              "baseline_s": args.baseline_s, "time_limit_minutes": args.time_limit_minutes, "imgsz": args.imgsz,
-             "fps": args.fps, "hold_frames": args.hold_frames}
+             "fps": args.fps, "hold_frames": args.hold_frames, "after_s": args.after_s}
     settings = LoopSettings(drift=args.drift, out=args.out, auto_approve=args.auto_approve, params=args.param,
                             **{k: v for k, v in given.items() if v is not None})
     return run_loop(settings, args.labels or METAL_TAGS_DIR / "labels.csv", args.model or bundled_model_path(),

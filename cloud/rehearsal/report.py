@@ -25,7 +25,8 @@ class TurnRecord(BaseModel):
 
     turn: int
     started: float
-    labels: int = Field(0, description="new approved labels when the turn's run started or the turn ended")
+    labels: int = Field(0, description="new approved labels when the turn ended (its run's dataset says how many "
+                                       "it used)")
     run_id: str | None = None
     run_state: str | None = None
     reason: str | None = None

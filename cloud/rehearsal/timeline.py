@@ -41,6 +41,7 @@ class Timeline:
         self.alerts: list[Alert] = []
         self.drift: list[DriftPoint] = []
         self.served: list[Served] = []
+        self.last_sample: float | None = None  # when the line last announced a frame it uploaded
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._root = f"{prefix}/{thing}/"
@@ -71,6 +72,8 @@ class Timeline:
             elif sub.endswith("/drift"):
                 self.drift.append(DriftPoint(now, payload["state"], float(payload["score"]), payload["worst"],
                                              payload["model"]["sha256"]))
+            elif sub == "samples":
+                self.last_sample = now
             elif sub == "model":
                 model = payload["model"]
                 self.served.append(Served(now, model["version"], model["sha256"]))

@@ -42,10 +42,15 @@ from .timeline import Timeline
 log = logging.getLogger(__name__)
 
 APPROVER = "edge-inspect loop --auto-approve"
+LABELING_SETTLES_S = 90  # a batch closes within max_wait (15 s), the replay answers at once, catch-up is 30 s
 
 
 class RehearsalError(RuntimeError):
     pass
+
+
+class LineExhausted(Exception):
+    """A whole pass of the line brought no new label: every frame it shows is labelled already."""
 
 
 class LineDaemon:
@@ -199,7 +204,10 @@ class Rehearsal:
 
     def _wait_for_run(self, turn: int, after: float, since: float) -> RunRecord | None:
         """Labels arrive, the trigger starts a run, the run finishes; progress on the terminal."""
-        shown = -1
+        shown, changed = -1, time.time()
+        # the daemon never sends a frame twice (its near-duplicate memory): once a whole pass of the
+        # line has sent nothing and the labeling has had time to answer, no new label will come
+        one_pass = len(self.photos.shown) * self.settings.hold_frames / self.settings.fps
         self.cloud.armed.set()
         while self.left() > 0:
             self._line_alive()
@@ -207,9 +215,15 @@ class Rehearsal:
             if record is not None:
                 return record
             labels = self._labels_since(since)
-            if labels != shown and not self.cloud.trigger.running():
+            now = time.time()
+            if self.cloud.trigger.running():
+                changed = now
+            elif labels != shown:
                 self.say(f"  turn {turn}: {labels} of {self.settings.trigger_labels} new labels")
-                shown = labels
+                shown, changed = labels, now
+            elif now - (self.timeline.last_sample or after) > one_pass + 30 and now - changed > LABELING_SETTLES_S:
+                raise LineExhausted(f"{labels} new labels after a whole pass of the line, "
+                                    f"{self.settings.trigger_labels} needed")
             time.sleep(2)
         return None
 
@@ -233,7 +247,12 @@ class Rehearsal:
         started = time.time()
         since = self.cloud.trigger.since()
         self.note(f"turn {number}: sampling the drifted line until {self.settings.trigger_labels} new labels")
-        record = self._wait_for_run(number, started, since)
+        try:
+            record = self._wait_for_run(number, started, since)
+        except LineExhausted as exc:
+            self.note(f"turn {number}: the line shows nothing new to label ({exc})")
+            return TurnRecord(turn=number, started=started, labels=self._labels_since(since),
+                              outcome="the line shows nothing new to label")
         turn = TurnRecord(turn=number, started=started, labels=self._labels_since(since))
         if record is None:
             turn.outcome = "out of time before a run finished"
@@ -285,11 +304,14 @@ class Rehearsal:
             for number in range(1, self.settings.max_turns + 1):
                 turn = self.turn(number)
                 self.turns.append(turn)
-                if turn.outcome == "drift cleared" or self.left() <= 0:
+                if turn.outcome in ("drift cleared", "the line shows nothing new to label") or self.left() <= 0:
                     break
             else:
                 self.note(f"the drift still stands after {self.settings.max_turns} turn(s): the limit")
             after = production(site.registry)
+            if after.version != before.version and self.settings.after_s > 0:
+                self.note(f"the line runs on with v{after.version} for {self.settings.after_s:.0f} s")
+                self.timeline.wait_for(lambda t: False, min(self.settings.after_s, self.left()))
             return before, after
         finally:
             self.daemon.stop()

@@ -1,7 +1,7 @@
 # Two commands for a fresh machine; each does all of its own set-up.
 #   make demo   the daemon on a demo line: alerts arrive at an MQTT subscriber (private mosquitto)
 #   make test   the whole test suite (installs the training extra and the test peers)
-#   make loop   the closed loop rehearsed here: the line drifts, the loop retrains and redeploys (about 20 min)
+#   make loop   the closed loop rehearsed here: the line drifts, the loop retrains and redeploys (about 13 min)
 #
 # pip runs --isolated: this machine's pip configuration points at a local torch build that the
 # registry's torchvision does not load with; the registry's own torch/torchvision pair does.

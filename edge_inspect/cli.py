@@ -193,7 +193,7 @@ def _add_loop(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", type=Path, default=None, help="label table (default: data/metal-tags/labels.csv)")
     p.add_argument("--model", type=Path, default=None, help="production model at the start (default: the bundled one)")
     p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs per turn (default 6)")
-    p.add_argument("--trigger-labels", type=int, default=None, help="new labels that start a run (default 80)")
+    p.add_argument("--trigger-labels", type=int, default=None, help="new labels that start a run (default 100)")
     p.add_argument("--max-turns", type=int, default=None, help="turns before giving up on the drift (default 2)")
     p.add_argument("--baseline-s", type=float, default=None, help="undrifted line before the change (default 30)")
     p.add_argument("--after-s", type=float, default=None,

@@ -21,7 +21,9 @@ class LoopSettings(BaseModel):
     baseline_s: float = Field(30.0, ge=0, le=3600, description="undrifted line before the change")
     after_s: float = Field(60.0, ge=0, le=3600, description="the line runs on once the new model is in, so the report "
                                                             "shows its alerts")
-    trigger_labels: int = Field(80, ge=1, le=100_000, description="new approved labels that start a retraining run")
+    # most of a pass of the drifted line (115 different frames), so a run learns from most of what
+    # the line shows rather than whichever frames came first
+    trigger_labels: int = Field(100, ge=1, le=100_000, description="new approved labels that start a retraining run")
     epochs: int = Field(6, ge=1, le=1000, description="fine-tuning epochs per turn (from production, the val mAP50 "
                                                       "on the line's frames is 0.96 after one; 6 keep a turn "
                                                       "inside the 20 minutes)")

@@ -4,6 +4,8 @@ private peers on loopback (mosquitto, moto's S3 server in this process), then th
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,6 +60,9 @@ def run_loop(settings, labels_csv: Path, model: Path, command: str) -> int:
     from cloud.rehearsal.rehearse import rehearse
 
     os.environ.update(REHEARSAL_CREDENTIALS)  # the daemon and the cloud side talk to the private S3 only
+    # SIGTERM (a supervisor, `kill`) ends the rehearsal as Ctrl-C does: through every `finally`, so
+    # the line's daemon and the private peers stop with it instead of running on
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     settings.out.mkdir(parents=True, exist_ok=True)
     with broker(settings.out) as port, s3_endpoint(BUCKET) as s3_url:
         report = rehearse(settings, labels_csv, model, Peers(port, s3_url), command,

@@ -7,9 +7,11 @@ README (`make loop`)."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from conftest import REPO
 
@@ -75,3 +77,35 @@ def test_one_turn_of_the_loop_on_a_tiny_schedule(tmp_path):
     assert {"ok", "drifting"} <= {m["state"] for m in drift_messages}, "the line's own record of its verdicts"
     for message in drift_messages:
         validate("drift", message)
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if proc.name.isdigit() and text in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def test_sigterm_stops_the_line_and_the_private_peers_with_the_loop(tmp_path):
+    out = tmp_path / "stopped"
+    loop = subprocess.Popen([sys.executable, "-m", "edge_inspect", "loop", "--drift", "warm-light", "--out", str(out),
+                             "--baseline-s", "600"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    try:
+        for line in loop.stdout:  # waits on the loop's own words, not a clock
+            if "the undrifted line starts" in line:
+                break
+        children = _processes_mentioning(str(out))
+        assert any("mosquitto" in c for c in children) and any(" run --config" in c for c in children), children
+        loop.send_signal(signal.SIGTERM)
+        assert loop.wait(60) == 128 + signal.SIGTERM
+    finally:
+        if loop.poll() is None:
+            loop.terminate()
+            loop.wait(60)
+    assert _processes_mentioning(str(out)) == []

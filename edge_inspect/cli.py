@@ -399,7 +399,7 @@ def cmd_drift_check(args: argparse.Namespace) -> int:
 def cmd_loop(args: argparse.Namespace) -> int:
     from cloud.rehearsal.settings import LoopSettings
     from cloud.training import command_line
-    from edge_inspect.loop import run_loop
+    from edge_inspect.loop import LoopError, run_loop
     from edge_inspect.paths import METAL_TAGS_DIR
 
     given = {"epochs": args.epochs, "trigger_labels": args.trigger_labels, "max_turns": args.max_turns,
@@ -407,8 +407,11 @@ def cmd_loop(args: argparse.Namespace) -> int:
              "fps": args.fps, "hold_frames": args.hold_frames, "after_s": args.after_s}
     settings = LoopSettings(drift=args.drift, out=args.out, auto_approve=args.auto_approve, params=args.param,
                             **{k: v for k, v in given.items() if v is not None})
-    return run_loop(settings, args.labels or METAL_TAGS_DIR / "labels.csv", args.model or bundled_model_path(),
-                    command_line())
+    try:
+        return run_loop(settings, args.labels or METAL_TAGS_DIR / "labels.csv", args.model or bundled_model_path(),
+                        command_line())
+    except LoopError as exc:
+        raise CliError(f"loop: {exc}") from None
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -18,8 +18,8 @@ REHEARSAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "rehearsal", "AWS_SECRET_ACCESS_KE
                          "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-class LoopPeerError(RuntimeError):
-    pass
+class LoopError(RuntimeError):
+    """The rehearsal could not run or finish; one line for the terminal, no traceback."""
 
 
 @contextmanager
@@ -28,7 +28,7 @@ def s3_endpoint(bucket: str) -> Iterator[str]:
     try:
         from moto.server import ThreadedMotoServer
     except ImportError as exc:
-        raise LoopPeerError(f"the loop needs moto's S3 server: pip install 'edge-inspect[loop]' ({exc})") from None
+        raise LoopError(f"the loop needs moto's S3 server: pip install 'edge-inspect[loop]' ({exc})") from None
     import boto3
 
     port = free_port()
@@ -36,7 +36,7 @@ def s3_endpoint(bucket: str) -> Iterator[str]:
     server.start()
     try:
         if not wait_until_listening(port, 30):
-            raise LoopPeerError("moto's S3 server did not start")
+            raise LoopError("moto's S3 server did not start")
         url = f"http://127.0.0.1:{port}"
         boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket=bucket)
         yield url
@@ -56,17 +56,22 @@ def broker(workdir: Path) -> Iterator[int]:
 
 def run_loop(settings, labels_csv: Path, model: Path, command: str) -> int:
     """0 when the targets are met, 3 when the report says they are not."""
+    from cloud.rehearsal.line import LineError
     from cloud.rehearsal.plan import BUCKET, Peers
     from cloud.rehearsal.rehearse import rehearse
+    from cloud.rehearsal.turns import RehearsalError
 
     os.environ.update(REHEARSAL_CREDENTIALS)  # the daemon and the cloud side talk to the private S3 only
     # SIGTERM (a supervisor, `kill`) ends the rehearsal as Ctrl-C does: through every `finally`, so
     # the line's daemon and the private peers stop with it instead of running on
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     settings.out.mkdir(parents=True, exist_ok=True)
-    with broker(settings.out) as port, s3_endpoint(BUCKET) as s3_url:
-        report = rehearse(settings, labels_csv, model, Peers(port, s3_url), command,
-                          say=lambda line: print(line, flush=True))
+    try:
+        with broker(settings.out) as port, s3_endpoint(BUCKET) as s3_url:
+            report = rehearse(settings, labels_csv, model, Peers(port, s3_url), command,
+                              say=lambda line: print(line, flush=True))
+    except (RehearsalError, LineError) as exc:
+        raise LoopError(str(exc)) from None
     print(f"{report.outcome}; after: drifted mAP50 {report.after.drifted['map50']:.4f}, undrifted "
           f"{report.after.undrifted['map50']:.4f} (before {report.before.drifted['map50']:.4f}, "
           f"{report.before.undrifted['map50']:.4f}); {report.minutes:.1f} min; targets "

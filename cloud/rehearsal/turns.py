@@ -49,8 +49,22 @@ class RehearsalError(RuntimeError):
     pass
 
 
-class LineExhausted(Exception):
+class TurnEnded(Exception):
+    """A turn that ends without a registered run; `outcome` goes in the report."""
+
+    outcome = "ended"
+
+
+class LineExhausted(TurnEnded):
     """A whole pass of the line brought no new label: every frame it shows is labelled already."""
+
+    outcome = "the line shows nothing new to label"
+
+
+class RunStopped(TurnEnded):
+    """The turn's run stopped with an error (the cloud side's log says which); it stays resumable."""
+
+    outcome = "the run stopped with an error"
 
 
 class LineDaemon:
@@ -119,6 +133,10 @@ class CloudSide:
         self.armed.clear()  # one run per turn
         return True
 
+    def alive(self) -> None:
+        if self.thread is not None and not self.thread.is_alive():
+            raise RehearsalError("the cloud side stopped (labeling, trigger, fleet watcher): its error is above")
+
     def close(self) -> None:
         self.armed.clear()
         self.stop.set()
@@ -176,11 +194,13 @@ class Rehearsal:
     def baseline(self) -> None:
         self.daemon.start(self.plan.daemon_normal)
         self.note(f"line {THING}: the undrifted line starts ({len(self.photos.shown)} tags in a loop)")
-        self.wait("the first drift verdict", lambda t: t.drift_state() is not None)
+        if not self.wait("the first drift verdict", lambda t: t.drift_state() is not None):
+            self._line_alive()
+            raise RehearsalError("the line sent no drift verdict")
         state = self.timeline.drift_state()
         self.note(f"drift on the undrifted line: {state} (score {self.timeline.drift[-1].score:.2f})")
         self.timeline.wait_for(lambda t: False, self.settings.baseline_s)  # the baseline's alerts
-        if self.timeline.drift_state() != "ok":
+        if any(p.state != "ok" for p in self.timeline.drift):
             raise RehearsalError("the undrifted line raised a drift alarm: the rehearsal would prove nothing")
 
     def drift(self) -> None:
@@ -191,6 +211,7 @@ class Rehearsal:
             point = next(p for p in self.timeline.drift if p.state == "drifting" and p.t > after)
             self.note(f"drift raised on {CAMERA}: {point.worst} {point.score:.1f} reference deviations away")
         else:
+            self._line_alive()
             raise RehearsalError("the drift was never raised")
 
     def _labels_since(self, since: float) -> int:
@@ -209,23 +230,29 @@ class Rehearsal:
         # line has sent nothing and the labeling has had time to answer, no new label will come
         one_pass = len(self.photos.shown) * self.settings.hold_frames / self.settings.fps
         self.cloud.armed.set()
-        while self.left() > 0:
-            self._line_alive()
-            record = self._finished_run(after)
-            if record is not None:
-                return record
-            labels = self._labels_since(since)
-            now = time.time()
-            if self.cloud.trigger.running():
-                changed = now
-            elif labels != shown:
-                self.say(f"  turn {turn}: {labels} of {self.settings.trigger_labels} new labels")
-                shown, changed = labels, now
-            elif now - (self.timeline.last_sample or after) > one_pass + 30 and now - changed > LABELING_SETTLES_S:
-                raise LineExhausted(f"{labels} new labels after a whole pass of the line, "
-                                    f"{self.settings.trigger_labels} needed")
-            time.sleep(2)
-        return None
+        try:
+            while self.left() > 0:
+                self._line_alive()
+                self.cloud.alive()
+                record = self._finished_run(after)
+                if record is not None:
+                    return record
+                if not self.cloud.armed.is_set() and not self.cloud.trigger.running():
+                    raise RunStopped("it resumes at the next turn or `cloud serve`")  # started, ended unfinished
+                labels = self._labels_since(since)
+                now = time.time()
+                if self.cloud.trigger.running():
+                    changed = now
+                elif labels != shown:
+                    self.say(f"  turn {turn}: {labels} of {self.settings.trigger_labels} new labels")
+                    shown, changed = labels, now
+                elif now - (self.timeline.last_sample or after) > one_pass + 30 and now - changed > LABELING_SETTLES_S:
+                    raise LineExhausted(f"{labels} new labels after a whole pass of the line, "
+                                        f"{self.settings.trigger_labels} needed")
+                time.sleep(2)
+            return None
+        finally:
+            self.cloud.armed.clear()  # no run may start outside a turn's wait
 
     def _approved(self, version: ModelVersion) -> bool:
         registry = self.cloud.site.registry
@@ -249,10 +276,9 @@ class Rehearsal:
         self.note(f"turn {number}: sampling the drifted line until {self.settings.trigger_labels} new labels")
         try:
             record = self._wait_for_run(number, started, since)
-        except LineExhausted as exc:
-            self.note(f"turn {number}: the line shows nothing new to label ({exc})")
-            return TurnRecord(turn=number, started=started, labels=self._labels_since(since),
-                              outcome="the line shows nothing new to label")
+        except TurnEnded as exc:
+            self.note(f"turn {number}: {exc.outcome} ({exc})")
+            return TurnRecord(turn=number, started=started, labels=self._labels_since(since), outcome=exc.outcome)
         turn = TurnRecord(turn=number, started=started, labels=self._labels_since(since))
         if record is None:
             turn.outcome = "out of time before a run finished"
@@ -304,7 +330,7 @@ class Rehearsal:
             for number in range(1, self.settings.max_turns + 1):
                 turn = self.turn(number)
                 self.turns.append(turn)
-                if turn.outcome in ("drift cleared", "the line shows nothing new to label") or self.left() <= 0:
+                if turn.outcome in ("drift cleared", LineExhausted.outcome) or self.left() <= 0:
                     break
             else:
                 self.note(f"the drift still stands after {self.settings.max_turns} turn(s): the limit")

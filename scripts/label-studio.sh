@@ -3,18 +3,9 @@
 # Django and dozens of other packages that must not meet the project's own dependencies.
 #   EDGE_INSPECT_LABEL_STUDIO_VENV: where the virtualenv goes (default: .venv-label-studio in the repo)
 #   PYTHON: the interpreter that makes it (default: python3; Label Studio 1.23 wants 3.10 or later)
-# Idempotent: a stamp file naming the installed version marks a finished install, so an install cut
-# short (no stamp) is redone. Prints the path of the `label-studio` executable on stdout and nothing else.
-# The exact versions of its dependencies are in scripts/label-studio-constraints.txt (uv pip compile):
-# unpinned, a new release elsewhere can send pip backtracking through gigabytes of downloads.
+# Idempotent. Prints the path of the `label-studio` executable and nothing else (scripts/tool-venv.sh).
 set -euo pipefail
-VERSION="1.23.2"
 cd "$(dirname "$0")/.."
-venv="${EDGE_INSPECT_LABEL_STUDIO_VENV:-$PWD/.venv-label-studio}"
-stamp="$venv/.edge-inspect-label-studio-$VERSION"
-if [[ ! -f "$stamp" || ! -x "$venv/bin/label-studio" ]]; then
-  "${PYTHON:-python3}" -m venv "$venv" >&2
-  "$venv/bin/pip" --isolated install --quiet --no-cache-dir --disable-pip-version-check -c scripts/label-studio-constraints.txt "label-studio==$VERSION" >&2
-  touch "$stamp"
-fi
-echo "$venv/bin/label-studio"
+source scripts/tool-venv.sh
+tool_venv "${EDGE_INSPECT_LABEL_STUDIO_VENV:-$PWD/.venv-label-studio}" label-studio "1.23.2" \
+  scripts/label-studio-constraints.txt label-studio

@@ -49,6 +49,11 @@ class DatasetSplit:
     def photos(self, name: str) -> list[str]:
         return sorted({r.photo_id for r in self.records.get(name, [])})
 
+    def files(self) -> dict[str, dict[str, str]]:
+        """Each split's image files (as `write_yolo_dataset` names them) and the photo they show."""
+        return {name: {safe_relative_path(r.source_ref).name: r.photo_id for r in recs}
+                for name, recs in self.records.items()}
+
     def summary(self) -> dict[str, object]:
         return {
             "seed": self.seed,
@@ -163,5 +168,6 @@ def write_yolo_dataset(
         "names": dict(enumerate(class_names)),
     }
     data_yaml.write_text(yaml.safe_dump(data, sort_keys=False))
-    (out_dir / "split.json").write_text(json.dumps(split.summary(), indent=2))
+    # the files' photos let a later step pick a split's images by photo (cloud.pipeline.evaluate)
+    (out_dir / "split.json").write_text(json.dumps({**split.summary(), "files": split.files()}, indent=2))
     return data_yaml

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -340,14 +341,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     settings = config.labeling
-    retrain, retrain_s = None, 600.0
+    retrain, retrain_s, trigger = None, 600.0, None
     if config.pipeline is not None:
-        from cloud.pipeline.backends import open_onsite
         from cloud.pipeline.trigger import RetrainTrigger
         from cloud.training import command_line
 
-        trigger = RetrainTrigger(open_onsite(config), config.pipeline.params, config.pipeline.trigger_new_labels,
-                                 command_line())
+        trigger = RetrainTrigger(config, command_line())
         retrain, retrain_s = trigger.check, config.pipeline.check_minutes * 60
     timers = Timers(catch_up_s=settings.catch_up_minutes * 60, poll_s=settings.poll_interval_s, retrain_s=retrain_s)
     from cloud.deploy.backends import fleet_watcher
@@ -360,6 +359,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         if watcher is not None:
             watcher.stop()
+        if trigger is not None and trigger.running():
+            print("stopping the pipeline run in progress; it resumes at the next start", file=sys.stderr)
+            trigger.stop()
     return 0
 
 

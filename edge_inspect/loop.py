@@ -3,6 +3,7 @@ private peers on loopback (mosquitto, moto's S3 server in this process), then th
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -31,6 +32,8 @@ def s3_endpoint(bucket: str) -> Iterator[str]:
         raise LoopError(f"the loop needs moto's S3 server: pip install 'edge-inspect[loop]' ({exc})") from None
     import boto3
 
+    # its web server logs every request at INFO: thousands of lines on the loop's terminal
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

@@ -27,7 +27,8 @@ def test_one_turn_of_the_loop_on_a_tiny_schedule(tmp_path):
         [sys.executable, "-m", "edge_inspect", "loop", "--drift", "warm-light", "--out", str(out), "--auto-approve",
          "--epochs", "1", "--trigger-labels", "16", "--max-turns", "1", "--baseline-s", "2", "--fps", "10",
          "--hold-frames", "2", "--time-limit-minutes", "14", "--after-s", "5",
-         "--param", "gate.tolerance=1", "--param", "gate.floor_map50=0", "--param", "gate.floor_map50_95=0",
+         "--param", "gate.tolerance=1", "--param", "gate.forgetting_tolerance=1",
+         "--param", "gate.floor_map50=0", "--param", "gate.floor_map50_95=0",
          "--param", "train.batch=8"],
         cwd=REPO, capture_output=True, text=True, timeout=1500)
     assert done.returncode in (0, 3), (done.stdout[-4000:], done.stderr[-4000:])

@@ -50,3 +50,23 @@ def test_the_cloud_documents_schemas_are_the_generated_ones_and_validate_what_is
     del broken["gate"]["passed"]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, schema)
+
+
+def test_a_candidate_that_forgets_what_production_knew_is_refused_though_it_gains_overall():
+    from cloud.pipeline.evaluate import KnownPhotos
+
+    # better on the whole test split (the drifted line's new frames), worse on production's own photos
+    evaluation = Evaluation(candidate=scores(0.90), production=scores(0.65),
+                            production_test=KnownPhotos(candidate=scores(0.87), production=scores(0.90)))
+    decision = decide(evaluation, GateParams())
+    assert not decision.passed
+    assert decision.summary == ("gate: map50 on production's 27 test images 0.8700 < production 0.9000 - "
+                                "forgetting tolerance 0.0200")
+    assert decide(evaluation, GateParams(forgetting_tolerance=0.05)).passed
+    kept = evaluation.model_copy(update={"production_test": KnownPhotos(candidate=scores(0.885), production=scores(0.90))})
+    assert decide(kept, GateParams()).passed
+
+
+def test_without_production_s_test_photos_the_reasons_say_forgetting_was_not_checked():
+    decision = decide(Evaluation(candidate=scores(0.9), production=scores(0.9)), GateParams())
+    assert decision.passed and decision.reasons[-1].startswith("production's test photos are not in this test split")

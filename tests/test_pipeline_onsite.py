@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from cloud_helpers import CloudServe, cloud, write_cloud_config
 from conftest import REPO
 from daemon_helpers import wait_until
@@ -23,14 +24,12 @@ from moto_s3 import MotoS3, set_credentials
 
 from cloud.labels.local import LocalLabelStore
 from cloud.labels.table_io import import_csv
-from cloud.pipeline.images import TrainingImages
-from cloud.pipeline.onsite import OnSite
-from cloud.pipeline.params import PipelineParams
 from cloud.pipeline.runs import RunStore
 from cloud.pipeline.trigger import RetrainTrigger, new_approved_labels
 from cloud.registry.bundled import BUNDLED_BY, bundled_files
 from cloud.registry.mlflow_registry import MlflowRegistry
 from cloud.registry.registry import CHECKPOINT, Approval
+from cloud.settings import load_cloud_config
 from device.detector import file_sha256
 from edge_inspect.loopback import free_port
 
@@ -47,7 +46,8 @@ def site(tmp_path, metal_tags) -> Path:
                   "photos": str(metal_tags),
                   "registry": {"backend": "mlflow", "mlflow": {"path": str(tmp_path / "registry")}},
                   # a permissive gate here: these tests are about the flow; the gate has its own tests
-                  "params": {"gate": {"floor_map50": 0.0, "floor_map50_95": 0.0, "tolerance": 1.0}}})
+                  "params": {"gate": {"floor_map50": 0.0, "floor_map50_95": 0.0, "tolerance": 1.0,
+                                              "forgetting_tolerance": 1.0}}})
     import_csv(LocalLabelStore(tmp_path / "labels"), metal_tags / "labels.csv")
     return config
 
@@ -75,8 +75,17 @@ def test_first_run_fine_tunes_from_the_bundled_checkpoint_and_waits_for_approval
     assert card.evaluation.candidate.images == card.evaluation.production.images == 27
     assert card.evaluation.production.map50 > 0.85  # the bundled model, through the device detector
     assert sorted(card.dataset.photos["test"]) == sorted(bundled.card.dataset.photos["test"])
+    # no new photo yet: production's own test photos are the whole test split, scored alike
+    known = card.evaluation.production_test
+    assert known is not None and known.production == card.evaluation.production
+    assert known.candidate == card.evaluation.candidate
+    assert any(r.startswith("map50 on production's 27 test images") for r in card.gate.reasons)
     assert card.dataset.images == {"train": 121, "val": 27, "test": 27}
     assert card.params.train.epochs == 1 and card.code_version and card.command.startswith("edge-inspect")
+    # a fine-tune learns at the fine-tune recipe's rate, not Ultralytics' from-scratch choice
+    (args,) = (tmp_path / "runs").glob("*/train/ultralytics/args.yaml")
+    used = yaml.safe_load(args.read_text())
+    assert (used["optimizer"], used["lr0"], used["warmup_epochs"]) == ("AdamW", 0.0001, 0.0)
 
     listed = cloud(site, "models", "list")
     assert "v2  PendingManualApproval" in listed.stdout and "parent 1" in listed.stdout
@@ -93,9 +102,13 @@ def test_first_run_fine_tunes_from_the_bundled_checkpoint_and_waits_for_approval
 
 def test_a_one_epoch_model_from_scratch_is_refused_by_the_gate_with_the_reason(site):
     done = cloud(site, "train", *FAST, "--param", "train.from_scratch=true", "--param", "gate.tolerance=0.01",
+                 "--param", "gate.forgetting_tolerance=0.02",
                  timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "refused" in done.stdout and "gate: map50 0.0" in done.stdout and "< production" in done.stdout
+    assert "on production's 27 test images 0.0" in done.stdout and "- forgetting tolerance 0.0200" in done.stdout
+    (args,) = (site.parent / "runs").glob("*/train/ultralytics/args.yaml")
+    assert yaml.safe_load(args.read_text())["optimizer"] == "auto", "from scratch: the bundled model's recipe"
     assert [v.version for v in registry_of(site).versions()] == ["1"]  # only the bundled model
     assert "refused" in cloud(site, "runs", "list").stdout
 
@@ -142,22 +155,58 @@ def test_labels_that_cannot_train_fail_the_run_with_the_reason(tmp_path, metal_t
     assert len(RunStore(tmp_path / "runs.sqlite").runs()) == 1  # no run was made of it
 
 
+def trigger_config(tmp_path: Path, metal_tags: Path, threshold: int = 100, epochs: int = 1) -> Path:
+    return write_cloud_config(
+        tmp_path / "cloud.yaml", label_store={"backend": "local", "local": {"path": str(tmp_path / "labels")}},
+        pipeline={"state_path": str(tmp_path / "runs.sqlite"), "work_dir": str(tmp_path / "runs"),
+                  "photos": str(metal_tags), "trigger_new_labels": threshold,
+                  "seed_bundled": False,  # an empty registry: the shipped labels are all new to it
+                  "registry": {"backend": "mlflow", "mlflow": {"path": str(tmp_path / "registry")}},
+                  "params": {"train": {"epochs": epochs, "imgsz": 128, "workers": 0},
+                             "gate": {"floor_map50": 0, "floor_map50_95": 0}}})
+
+
 def test_serve_trigger_starts_a_run_after_enough_new_labels_and_not_twice_on_the_same_labels(tmp_path, metal_tags):
-    store = LocalLabelStore(tmp_path / "labels")
-    registry = MlflowRegistry(tmp_path / "registry", "metal-tags")
-    site = OnSite(registry=registry, store=store, images=TrainingImages(metal_tags, None),
-                  runs=RunStore(tmp_path / "runs.sqlite"), work_dir=tmp_path / "runs")
-    params = PipelineParams.model_validate({"train": {"epochs": 1, "imgsz": 128, "workers": 0},
-                                            "gate": {"floor_map50": 0, "floor_map50_95": 0}})
-    trigger = RetrainTrigger(site, params, threshold=100, command="test")
+    trigger = RetrainTrigger(load_cloud_config(trigger_config(tmp_path, metal_tags)), command="test")
     assert not trigger.check()  # an empty store
-    import_csv(store, metal_tags / "labels.csv")
-    assert new_approved_labels(store, 0.0, time.time()) == 175
+    import_csv(trigger.site.store, metal_tags / "labels.csv")
+    assert new_approved_labels(trigger.site.store, 0.0, time.time()) == 175
     assert trigger.check()
-    trigger.thread.join(600)
-    (run,) = site.runs.runs()
+    assert trigger.process.pid != os.getpid(), "the run trains in a child process"
+    assert trigger.wait(600) == 0
+    (run,) = trigger.site.runs.runs()
     assert run.state == "registered", run.reason
     assert not trigger.check()  # the same labels do not start a second run
+
+
+def test_a_parent_that_exits_mid_training_exits_cleanly_and_the_run_resumes(tmp_path, metal_tags):
+    """Training in a thread of `cloud serve` ended the process by SIGABRT when it exited mid-run
+    (torch's threads at interpreter exit). In a child process, the parent exits 0; the run is left
+    unfinished at its training step and the next trigger resumes it."""
+    config = trigger_config(tmp_path, metal_tags, epochs=30)
+    import_csv(LocalLabelStore(tmp_path / "labels"), metal_tags / "labels.csv")
+    script = f"""
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {str(REPO)!r})
+from cloud.pipeline.trigger import RetrainTrigger
+from cloud.settings import load_cloud_config
+trigger = RetrainTrigger(load_cloud_config(Path({str(config)!r})), command="test")
+assert trigger.check()
+results = Path({str(tmp_path / "runs")!r})
+while not list(results.glob("*/train/ultralytics/results.csv")):  # one whole epoch done
+    assert trigger.running(), "the run ended early"
+    time.sleep(0.5)
+print("exiting mid-run", flush=True)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.returncode, done.stderr[-3000:])
+    assert "exiting mid-run" in done.stdout
+    (run,) = RunStore(tmp_path / "runs.sqlite").runs()
+    assert run.state == "running" and run.step == "train"
+    trigger = RetrainTrigger(load_cloud_config(config), command="test")
+    assert trigger.check(), "an interrupted run resumes at once"
+    trigger.stop()  # no need to train it to the end here: resuming is tested above
 
 
 def test_cloud_serve_starts_a_run_when_enough_new_labels_have_arrived(tmp_path, metal_tags):
@@ -187,7 +236,8 @@ def test_cloud_serve_starts_a_run_when_enough_new_labels_have_arrived(tmp_path, 
                   "photos": str(metal_tags), "trigger_new_labels": 175, "check_minutes": 0.05,
                   "registry": {"backend": "mlflow", "mlflow": {"path": str(tmp_path / "registry")}},
                   "params": {"train": {"epochs": 1, "imgsz": 128, "workers": 0},
-                             "gate": {"floor_map50": 0, "floor_map50_95": 0, "tolerance": 1}}})
+                             "gate": {"floor_map50": 0, "floor_map50_95": 0, "tolerance": 1,
+                                      "forgetting_tolerance": 1}}})
     serve = CloudServe(config)
     try:
         runs = RunStore(tmp_path / "runs.sqlite")

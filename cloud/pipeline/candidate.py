@@ -50,3 +50,8 @@ def assemble(candidate: VersionFiles, params: PipelineParams, run_id: str, datas
 
 def read_card(candidate: VersionFiles) -> VersionCard:
     return VersionCard.model_validate_json(candidate.path(VERSION_CARD).read_text())
+
+
+def production_test_photos(production: VersionFiles | None) -> list[str]:
+    """The photos production was tested on when it was registered (its version card)."""
+    return read_card(production).dataset.photos.get("test", []) if production else []

@@ -1,16 +1,25 @@
 """Step 3, evaluate: the candidate's ONNX export and the production model, each run through the
-device's own detector, scored on the same current test split (photos neither trained on)."""
+device's own detector, scored on the same current test split (photos neither trained on), and
+again on production's own test photos: what production was proven to know when it was registered.
+
+Why both: the test split grows with every new label. After a drift it holds the drifted line's
+frames too, where the candidate gains most, and a gain there can hide a loss on the photos the
+plant already relied on. The gate checks the second comparison with its own tolerance."""
 
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Collection
 from pathlib import Path
 
+import yaml
 from pydantic import BaseModel, ConfigDict
 
 from cloud.evaluation import evaluate
 
 OUTPUT = "evaluation.json"
+PRODUCTION_TEST = "production_test"  # the split (and folder) of production's own test photos
 
 
 class Scores(BaseModel):
@@ -26,14 +35,25 @@ class Scores(BaseModel):
     instances: int
 
 
+class KnownPhotos(BaseModel):
+    """Candidate and production on the test images of the photos production was tested on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    candidate: Scores
+    production: Scores
+
+
 class Evaluation(BaseModel):
-    """Candidate and production on the same photos; `production` is None for the first model."""
+    """Candidate and production on the same photos; `production` is None for the first model;
+    `production_test` is None without production, or when none of its test photos is left."""
 
     model_config = ConfigDict(extra="forbid")
 
     split: str = "test"
     candidate: Scores
     production: Scores | None = None
+    production_test: KnownPhotos | None = None
 
 
 def score(model: Path, data_yaml: Path, alert_conf: float, split: str = "test") -> Scores:
@@ -41,10 +61,42 @@ def score(model: Path, data_yaml: Path, alert_conf: float, split: str = "test") 
     return Scores.model_validate(result.to_dict())
 
 
+def photos_subset(data_yaml: Path, photo_ids: Collection[str], out: Path) -> Path | None:
+    """A dataset under `out` whose `production_test` split holds the test images of `photo_ids`;
+    None when none is in the test split, or the dataset does not say which photo each image shows
+    (written before it did)."""
+    spec = yaml.safe_load(data_yaml.read_text())
+    root = Path(spec.get("path") or data_yaml.parent)
+    split_file = root / "split.json"
+    files = json.loads(split_file.read_text()).get("files", {}).get("test", {}) if split_file.is_file() else {}
+    wanted = set(photo_ids)
+    chosen = sorted(name for name, photo in files.items() if photo in wanted)
+    if not chosen:
+        return None
+    for sub in ("images", "labels"):
+        shutil.rmtree(out / sub / PRODUCTION_TEST, ignore_errors=True)
+        (out / sub / PRODUCTION_TEST).mkdir(parents=True)
+    for name in chosen:
+        shutil.copyfile(root / "images" / "test" / name, out / "images" / PRODUCTION_TEST / name)
+        label = Path(name).with_suffix(".txt").name
+        shutil.copyfile(root / "labels" / "test" / label, out / "labels" / PRODUCTION_TEST / label)
+    subset = out / "data.yaml"
+    subset.write_text(yaml.safe_dump({"path": str(out.resolve()), PRODUCTION_TEST: f"images/{PRODUCTION_TEST}",
+                                      "names": spec["names"]}, sort_keys=False))
+    return subset
+
+
 def evaluate_pair(candidate: Path, production: Path | None, data_yaml: Path, alert_conf: float,
-                  out: Path) -> Evaluation:
+                  out: Path, production_test_photos: Collection[str] = ()) -> Evaluation:
+    """`production_test_photos`: the photo ids of production's own test split (its version card)."""
+    known = None
+    subset = photos_subset(data_yaml, production_test_photos, out / PRODUCTION_TEST) if production else None
+    if production and subset:
+        known = KnownPhotos(candidate=score(candidate, subset, alert_conf, PRODUCTION_TEST),
+                            production=score(production, subset, alert_conf, PRODUCTION_TEST))
     result = Evaluation(candidate=score(candidate, data_yaml, alert_conf),
-                        production=score(production, data_yaml, alert_conf) if production else None)
+                        production=score(production, data_yaml, alert_conf) if production else None,
+                        production_test=known)
     (out / OUTPUT).write_text(result.model_dump_json(indent=2))
     return result
 

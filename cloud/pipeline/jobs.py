@@ -21,7 +21,7 @@ from cloud.pipeline import evaluate as evaluate_step
 from cloud.pipeline import preprocess as preprocess_step
 from cloud.pipeline import train as train_step
 from cloud.pipeline.backends import pipeline_settings, with_overrides
-from cloud.pipeline.candidate import assemble, export_candidate, read_card
+from cloud.pipeline.candidate import assemble, export_candidate, production_test_photos, read_card
 from cloud.pipeline.gate import decide
 from cloud.pipeline.params import PipelineParams
 from cloud.pipeline.report import EvaluationReport
@@ -102,7 +102,8 @@ def run_evaluate(params: PipelineParams, run_id: str, command: str, root: Path =
     candidate = export_candidate(model / "model.pt", params.train.imgsz, out / "candidate")
     (out / "evaluation").mkdir(parents=True, exist_ok=True)
     evaluation = evaluate_step.evaluate_pair(candidate.onnx, prod.onnx if version else None, data_yaml,
-                                             params.gate.alert_conf, out / "evaluation")
+                                             params.gate.alert_conf, out / "evaluation",
+                                             production_test_photos(prod if version else None))
     decision = decide(evaluation, params.gate)
     assemble(candidate, params, run_id, dataset.dataset, trained.model_copy(update={"checkpoint": model / "model.pt"}),
              evaluation, decision, command, data_yaml)

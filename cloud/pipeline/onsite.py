@@ -18,7 +18,7 @@ from cloud.labels.store import LabelStore
 from cloud.pipeline import evaluate as evaluate_step
 from cloud.pipeline import preprocess as preprocess_step
 from cloud.pipeline import train as train_step
-from cloud.pipeline.candidate import assemble, export_candidate, read_card
+from cloud.pipeline.candidate import assemble, export_candidate, production_test_photos, read_card
 from cloud.pipeline.gate import decide
 from cloud.pipeline.params import PipelineParams
 from cloud.pipeline.runs import RunBusy, RunRecord, RunStore
@@ -112,7 +112,8 @@ def _steps(site: OnSite, record: RunRecord, command: str) -> RunRecord:
     site.runs.step(run_id, "evaluate")
     candidate = export_candidate(trained.checkpoint, params.train.imgsz, work / "candidate")
     evaluation = evaluate_step.read_output(work) or evaluate_step.evaluate_pair(
-        candidate.onnx, prod.onnx if prod else None, pre.data_yaml, params.gate.alert_conf, work)
+        candidate.onnx, prod.onnx if prod else None, pre.data_yaml, params.gate.alert_conf, work,
+        production_test_photos(prod))
 
     site.runs.step(run_id, "gate")
     decision = decide(evaluation, params.gate)

@@ -110,7 +110,7 @@ class CloudSide:
         assert settings is not None and self.config.labeling is not None and self.config.storage is not None
         loop = open_labeling_loop(self.config)
         subscriber = SamplesSubscriber(self.config.broker, self.config.storage.bucket) if self.config.broker else None
-        self.trigger = RetrainTrigger(self.site, settings.params, settings.trigger_new_labels, command)
+        self.trigger = RetrainTrigger(self.config, command, self.site)
         timers = Timers(catch_up_s=self.config.labeling.catch_up_minutes * 60,
                         poll_s=self.config.labeling.poll_interval_s, retrain_s=settings.check_minutes * 60)
         watcher = fleet_watcher(self.config)
@@ -141,7 +141,8 @@ class CloudSide:
         self.armed.clear()
         self.stop.set()
         if self.trigger is not None and self.trigger.running():
-            log.warning("a pipeline run is still going; it resumes at the next `cloud serve`")
+            log.warning("stopping the pipeline run in progress; it resumes at the next `cloud serve`")
+            self.trigger.stop()
         if self.thread is not None:
             self.thread.join(30)
 

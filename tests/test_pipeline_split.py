@@ -62,22 +62,31 @@ def test_production_s_test_photos_are_picked_from_the_test_split_by_photo(metal_
     import yaml
 
     from cloud.dataset import write_yolo_dataset
-    from cloud.pipeline.evaluate import PRODUCTION_TEST, photos_subset
+    from cloud.pipeline.evaluate import PRODUCTION_TEST, NoSubset, photos_subset
 
     split = assign(read_label_csv(metal_tags / "labels.csv"), SplitParams())
     data_yaml = write_yolo_dataset(split, metal_tags, tmp_path / "dataset", ["scratch"])
     two = split.photos("test")[:2]
     expected = sorted(r.source_ref.rsplit("/", 1)[-1] for r in split.records["test"] if r.photo_id in two)
     subset = photos_subset(data_yaml, [*two, split.photos("train")[0]], tmp_path / "known")
-    assert subset is not None and yaml.safe_load(subset.read_text())[PRODUCTION_TEST] == f"images/{PRODUCTION_TEST}"
+    assert yaml.safe_load(subset.read_text())[PRODUCTION_TEST] == f"images/{PRODUCTION_TEST}"
     images = sorted(p.name for p in (tmp_path / "known" / "images" / PRODUCTION_TEST).iterdir())
     assert images == expected and 0 < len(images) < 27, "only the test images of those photos, never a training one"
     for name in images:
         label = (tmp_path / "known" / "labels" / PRODUCTION_TEST / name).with_suffix(".txt")
         assert label.read_text() == (tmp_path / "dataset" / "labels" / "test" / label.name).read_text()
-    assert photos_subset(data_yaml, split.photos("train"), tmp_path / "none") is None
-    # a dataset written before split.json named each file's photo: nothing to compare, said by None
+    with pytest.raises(NoSubset, match="none of production's 31 test photos is in this test split"):
+        photos_subset(data_yaml, split.photos("train"), tmp_path / "none")
+    with pytest.raises(NoSubset, match="lists no test photos"):
+        photos_subset(data_yaml, [], tmp_path / "empty")
     summary = json.loads((tmp_path / "dataset" / "split.json").read_text())
+    # split.json may come from another machine: a name with a path in it is refused, nothing copied out
+    hostile = {**summary, "files": {"test": {"../../../etc/passwd": two[0]}}}
+    (tmp_path / "dataset" / "split.json").write_text(json.dumps(hostile))
+    with pytest.raises(NoSubset, match="not a plain file name"):
+        photos_subset(data_yaml, two, tmp_path / "hostile")
+    # a dataset written before split.json named each file's photo
     del summary["files"]
     (tmp_path / "dataset" / "split.json").write_text(json.dumps(summary))
-    assert photos_subset(data_yaml, two, tmp_path / "old") is None
+    with pytest.raises(NoSubset, match="written before it did"):
+        photos_subset(data_yaml, two, tmp_path / "old")

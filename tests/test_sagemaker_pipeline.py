@@ -135,7 +135,8 @@ def test_every_parameter_is_declared_and_reaches_every_job(aws_calls):
     ("train.seed", 3), ("train.workers", 4), ("train.select", "last"), ("train.train_on_val", True),
     ("train.from_scratch", True), ("train.hyperparameters", {"lr0": 0.002}), ("gate.floor_map50", 0.9),
     ("gate.floor_map50_95", 0.6), ("gate.floor_recall_at_alert", 0.7), ("gate.tolerance", 0.005),
-    ("gate.alert_conf", 0.4),
+    ("gate.alert_conf", 0.4), ("gate.forgetting_tolerance", 0.05), ("train.fine_tune.optimizer", "SGD"),
+    ("train.fine_tune.lr0", 0.0003), ("train.fine_tune.warmup_epochs", 1.0),
 ])
 def test_changing_any_parameter_changes_the_definition_and_the_jobs_read_it_back(aws_calls, path, value):
     data = PipelineParams().model_dump(mode="json")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from collections.abc import Collection
 from pathlib import Path
 
@@ -36,7 +37,8 @@ class Scores(BaseModel):
 
 
 class KnownPhotos(BaseModel):
-    """Candidate and production on the test images of the photos production was tested on."""
+    """Candidate and production on the test images of the photos production was tested on. (Not the
+    device card's `metrics.production_test`: that is production on the whole current test split.)"""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -45,8 +47,9 @@ class KnownPhotos(BaseModel):
 
 
 class Evaluation(BaseModel):
-    """Candidate and production on the same photos; `production` is None for the first model;
-    `production_test` is None without production, or when none of its test photos is left."""
+    """Candidate and production on the same photos; `production` is None for the first model.
+    `production_test` is None without production, or, with `production_test_note` saying why, when
+    the comparison on production's own photos could not be made (the gate then refuses)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -54,6 +57,7 @@ class Evaluation(BaseModel):
     candidate: Scores
     production: Scores | None = None
     production_test: KnownPhotos | None = None
+    production_test_note: str | None = None
 
 
 def score(model: Path, data_yaml: Path, alert_conf: float, split: str = "test") -> Scores:
@@ -61,22 +65,32 @@ def score(model: Path, data_yaml: Path, alert_conf: float, split: str = "test") 
     return Scores.model_validate(result.to_dict())
 
 
-def photos_subset(data_yaml: Path, photo_ids: Collection[str], out: Path) -> Path | None:
-    """A dataset under `out` whose `production_test` split holds the test images of `photo_ids`;
-    None when none is in the test split, or the dataset does not say which photo each image shows
-    (written before it did)."""
+class NoSubset(ValueError):
+    """Why production's own test photos cannot be picked from this dataset."""
+
+
+def photos_subset(data_yaml: Path, photo_ids: Collection[str], out: Path) -> Path:
+    """A dataset under `out` whose `production_test` split holds the test images of `photo_ids`."""
+    if not photo_ids:
+        raise NoSubset("production's version card lists no test photos")
     spec = yaml.safe_load(data_yaml.read_text())
     root = Path(spec.get("path") or data_yaml.parent)
     split_file = root / "split.json"
-    files = json.loads(split_file.read_text()).get("files", {}).get("test", {}) if split_file.is_file() else {}
+    files = json.loads(split_file.read_text()).get("files") if split_file.is_file() else None
+    if files is None:
+        raise NoSubset("the dataset does not say which photo each image shows (written before it did): "
+                       "start a new run")
     wanted = set(photo_ids)
-    chosen = sorted(name for name, photo in files.items() if photo in wanted)
+    chosen = sorted(name for name, photo in files.get("test", {}).items() if photo in wanted)
     if not chosen:
-        return None
+        raise NoSubset(f"none of production's {len(wanted)} test photos is in this test split (were the split "
+                       "settings changed?)")
     for sub in ("images", "labels"):
         shutil.rmtree(out / sub / PRODUCTION_TEST, ignore_errors=True)
         (out / sub / PRODUCTION_TEST).mkdir(parents=True)
     for name in chosen:
+        if Path(name).name != name or name in ("", ".", ".."):  # split.json may come from another machine (S3)
+            raise NoSubset(f"split.json names an image {name!r} that is not a plain file name")
         shutil.copyfile(root / "images" / "test" / name, out / "images" / PRODUCTION_TEST / name)
         label = Path(name).with_suffix(".txt").name
         shutil.copyfile(root / "labels" / "test" / label, out / "labels" / PRODUCTION_TEST / label)
@@ -86,17 +100,27 @@ def photos_subset(data_yaml: Path, photo_ids: Collection[str], out: Path) -> Pat
     return subset
 
 
+def _on_production_test(candidate: Path, production: Path, data_yaml: Path, alert_conf: float,
+                        photo_ids: Collection[str]) -> KnownPhotos:
+    # a scratch folder: on SageMaker the step's output folder is uploaded, and these are photo copies
+    with tempfile.TemporaryDirectory(prefix="production-test-") as tmp:
+        subset = photos_subset(data_yaml, photo_ids, Path(tmp))
+        return KnownPhotos(candidate=score(candidate, subset, alert_conf, PRODUCTION_TEST),
+                           production=score(production, subset, alert_conf, PRODUCTION_TEST))
+
+
 def evaluate_pair(candidate: Path, production: Path | None, data_yaml: Path, alert_conf: float,
                   out: Path, production_test_photos: Collection[str] = ()) -> Evaluation:
     """`production_test_photos`: the photo ids of production's own test split (its version card)."""
-    known = None
-    subset = photos_subset(data_yaml, production_test_photos, out / PRODUCTION_TEST) if production else None
-    if production and subset:
-        known = KnownPhotos(candidate=score(candidate, subset, alert_conf, PRODUCTION_TEST),
-                            production=score(production, subset, alert_conf, PRODUCTION_TEST))
+    known, note = None, None
+    if production is not None:
+        try:
+            known = _on_production_test(candidate, production, data_yaml, alert_conf, production_test_photos)
+        except NoSubset as exc:
+            note = str(exc)
     result = Evaluation(candidate=score(candidate, data_yaml, alert_conf),
                         production=score(production, data_yaml, alert_conf) if production else None,
-                        production_test=known)
+                        production_test=known, production_test_note=note)
     (out / OUTPUT).write_text(result.model_dump_json(indent=2))
     return result
 

@@ -5,14 +5,19 @@ repeated on the same labels; and at once when a run was interrupted (it resumes)
 
 The run goes in a child process of its own, so labeling carries on and the parent can stop at any
 moment: in a thread, training's native threads were still running when the interpreter exited,
-and the process ended by SIGABRT. A child is terminated with its parent (it is a daemon process)
-and its run resumes from the last whole epoch at the next start."""
+and the process ended by SIGABRT. The child is stopped with its parent (terminated when the
+parent stops; on Linux also when the parent is killed outright, by PR_SET_PDEATHSIG) and its run
+resumes from the last whole epoch at the next start."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
+import os
 import signal
+import sys
+import threading
 import time
 
 from cloud.labels.store import LabelStore
@@ -21,18 +26,34 @@ from cloud.pipeline.onsite import OnSite, start_or_resume
 from cloud.pipeline.runs import RunBusy
 from cloud.registry.registry import production
 from cloud.settings import CloudConfig
+from device.logs import setup_plain_logging
+from device.redact import remember_secrets, secrets_in
 
 log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def new_approved_labels(store: LabelStore, since: float, now: float) -> int:
     return sum(1 for record in store.as_of(now) if record.event_time > since)
 
 
-def run_pipeline(config: CloudConfig, command: str, log_level: int) -> None:
+def _die_with_parent(parent: int) -> None:
+    """A parent killed outright (SIGKILL, the OOM killer) runs no exit handler: without this the
+    child would train on, holding the run lock, while a restarted parent waits for it."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+
+
+def run_pipeline(config: CloudConfig, command: str, log_level: int, parent: int) -> None:
     """The child: its own site (registry, label store, run store) from the same configuration."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _die_with_parent(parent)
+    setup_plain_logging(log_level)  # masked like the parent's: a traceback may quote a URL or token
+    remember_secrets(secrets_in(config.model_dump()))
     try:
         record = start_or_resume(open_onsite(config), config.pipeline.params, command)
         log.info("retrain: %s", record.line())
@@ -52,6 +73,9 @@ class RetrainTrigger:
         self.site = site or open_onsite(config)
         self.threshold = config.pipeline.trigger_new_labels
         self.process: multiprocessing.process.BaseProcess | None = None
+        # check() runs on the serving thread, running() and stop() on the caller's
+        self._lock = threading.Lock()
+        self._stopped = False
 
     def since(self) -> float:
         current = production(self.site.registry)
@@ -60,37 +84,49 @@ class RetrainTrigger:
         return max(marks)
 
     def running(self) -> bool:
-        return self.process is not None and self.process.is_alive()
+        process = self.process
+        return process is not None and process.is_alive()
 
     def wait(self, timeout: float | None = None) -> int | None:
         """The child's exit code once it ended (0: the run finished, whatever its outcome)."""
-        if self.process is None:
+        process = self.process
+        if process is None:
             return None
-        self.process.join(timeout)
-        return self.process.exitcode
+        process.join(timeout)
+        return process.exitcode
 
     def check(self) -> bool:
         """Start a run if one is due; True when one was started (or resumed)."""
-        if self.running():
-            return False
-        if self.process is not None and self.process.exitcode not in (0, None):
-            log.warning("retrain: the last run's process ended with exit code %s", self.process.exitcode)
-        self.process = None
-        if self.site.runs.unfinished() is None:
-            count = new_approved_labels(self.site.store, self.since(), time.time())
-            if count < self.threshold:
-                log.debug("retrain: %d new approved labels, %d needed", count, self.threshold)
+        with self._lock:
+            if self._stopped or self.running():
                 return False
-            log.info("retrain: %d new approved labels (>= %d): starting a pipeline run", count, self.threshold)
-        # spawn, not fork: the parent has threads (labeling, MQTT) whose locks a fork would copy
-        context = multiprocessing.get_context("spawn")
-        self.process = context.Process(target=run_pipeline, name="pipeline-run", daemon=True,
-                                       args=(self.config, self.command, logging.getLogger().getEffectiveLevel()))
-        self.process.start()
-        return True
+            if self.process is not None:
+                self.process.join()  # reap it
+                if self.process.exitcode != 0:
+                    log.warning("retrain: the last run's process ended with exit code %s", self.process.exitcode)
+                self.process = None
+            if self.site.runs.unfinished() is None:
+                count = new_approved_labels(self.site.store, self.since(), time.time())
+                if count < self.threshold:
+                    log.debug("retrain: %d new approved labels, %d needed", count, self.threshold)
+                    return False
+                log.info("retrain: %d new approved labels (>= %d): starting a pipeline run", count, self.threshold)
+            # spawn, not fork: the parent has threads (labeling, MQTT) whose locks a fork would copy
+            context = multiprocessing.get_context("spawn")
+            level = logging.getLogger().getEffectiveLevel()
+            self.process = context.Process(target=run_pipeline, name="pipeline-run", daemon=True,
+                                           args=(self.config, self.command, level, os.getpid()))
+            self.process.start()
+            return True
 
     def stop(self) -> None:
-        """Terminate a run in progress (it resumes at the next start)."""
-        if self.running():
-            self.process.terminate()
-            self.process.join(30)
+        """Terminate a run in progress (it resumes at the next start); no run starts after this."""
+        with self._lock:
+            self._stopped = True
+            process = self.process
+        if process is not None and process.is_alive():
+            process.terminate()
+            process.join(30)
+            if process.is_alive():  # training stuck in native code: do not hang the parent's exit
+                process.kill()
+                process.join(10)

@@ -239,6 +239,9 @@ class Rehearsal:
                 if record is not None:
                     return record
                 if not self.cloud.armed.is_set() and not self.cloud.trigger.running():
+                    record = self._finished_run(after)  # it may have finished since the look above
+                    if record is not None:
+                        return record
                     raise RunStopped("it resumes at the next turn or `cloud serve`")  # started, ended unfinished
                 labels = self._labels_since(since)
                 now = time.time()

@@ -21,10 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 from benchmarks.machine import cpu_info
 from cloud.pipeline.candidate import read_card
+from cloud.pipeline.jobs import relocate
 from cloud.pipeline.train import TrainParams, export_onnx, train
 from cloud.registry.registry import VersionFiles
 from cloud.rehearsal.heldout import HeldoutSets, score
@@ -33,8 +32,8 @@ from cloud.rehearsal.heldout import HeldoutSets, score
 RECIPES: dict[str, dict] = {
     "fine-tune": {},  # the pipeline's default for a run from a checkpoint (FineTuneParams)
     "fine-tune-lr3e-4": {"fine_tune": {"lr0": 3e-4}},
-    # Ultralytics' own choice, the pipeline's recipe before FineTuneParams: AdamW at 0.002 after a
-    # 3-epoch warm-up whose bias learning rate starts at 0.1
+    # Ultralytics' own choice, the pipeline's recipe before FineTuneParams: AdamW at 0.002, reached
+    # after a 3-epoch warm-up (lr0 ignored)
     "ultralytics-auto": {"fine_tune": {"optimizer": "auto", "warmup_epochs": 3.0}},
 }
 
@@ -70,10 +69,7 @@ def dataset_without(run: Path, drop: int, seed: int, work: Path) -> Path:
     for name in random.Random(seed).sample(frames, drop):
         (copy / "images" / "train" / name).unlink()
         (copy / "labels" / "train" / Path(name).with_suffix(".txt").name).unlink()
-    spec = yaml.safe_load((copy / "data.yaml").read_text())
-    spec["path"] = str(copy.resolve())
-    (copy / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    return copy / "data.yaml"
+    return relocate(copy / "data.yaml")
 
 
 def measure(loop: Path, recipe: str, drop: int, seed: int) -> dict:

@@ -2,12 +2,19 @@
 
 The split is decided on photo ids (see `LabelRecord.photo_id`), sorted and shuffled with a seeded
 generator, so the same table and seed always give the same split, on any machine.
+
+The dataset's `split.json` (`SplitFile`) records which image went where, the photo each shows and
+each image file's sha256, so that a later step (cloud.pipeline.evaluate) reads exactly the bytes
+that were written. An image whose source no longer holds the labelled bytes (a device frame
+overwritten or deleted in the bucket: `ImageSetAside`) is left out with one log line, recorded in
+split.json's `set_aside` with the reason, and the rest of the dataset is built.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import shutil
 from collections.abc import Sequence
@@ -16,10 +23,21 @@ from pathlib import Path
 from typing import Protocol
 
 import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cloud.label_table import LabelRecord, LabelTableError, approved, safe_relative_path, table_fingerprint
+from device.config import format_validation_error
+from device.runtimes import file_sha256
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+SPLIT_FILE = "split.json"
+
+
+class ImageSetAside(LabelTableError):
+    """This one image cannot go into the dataset as labelled (its bytes are not the ones its name
+    promises, or it is gone); the dataset is built without it."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +58,7 @@ class DatasetSplit:
     records: dict[str, list[LabelRecord]] = field(default_factory=dict)
     seed: int = 0
     table_sha256: str = ""
+    set_aside: dict[str, str] = field(default_factory=dict)  # source_ref -> why it is not in the dataset
 
     @property
     def split_sha256(self) -> str:
@@ -61,7 +80,36 @@ class DatasetSplit:
             "split_sha256": self.split_sha256,
             "images": {name: len(recs) for name, recs in self.records.items()},
             "photos": {name: self.photos(name) for name in self.records},
+            # only when something was left out: a card's data keeps its shape otherwise
+            **({"set_aside": dict(sorted(self.set_aside.items()))} if self.set_aside else {}),
         }
+
+
+class SplitFile(BaseModel):
+    """`split.json` in a dataset folder, as `write_yolo_dataset` writes it. Read with
+    `read_split_file`: it may come from another machine (a pipeline step's S3 output)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    seed: int = 0
+    table_sha256: str = ""
+    split_sha256: str = ""
+    images: dict[str, int] = {}
+    photos: dict[str, list[str]] = {}
+    set_aside: dict[str, str] = {}
+    files: dict[str, dict[str, str]] | None = None  # split -> image file -> photo id (None: an older dataset)
+    sha256: dict[str, dict[str, str]] = {}  # split -> image file -> sha256 of the file written
+
+
+def read_split_file(path: Path) -> SplitFile:
+    """The dataset's split.json; LabelTableError naming the fix when it is not one."""
+    try:
+        return SplitFile.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        raise LabelTableError(f"{path} is not a dataset's split.json ({format_validation_error(exc)}): "
+                              "build the dataset again (start a new run)") from None
+    except OSError as exc:
+        raise LabelTableError(f"{path} cannot be read ({exc.strerror or exc})") from None
 
 
 def split_by_photo(
@@ -141,24 +189,41 @@ def write_yolo_dataset(
 
     Images are copied, not linked, so the dataset stays valid if the source folder moves. File
     names are the records' base names; two records with the same base name would overwrite each
-    other, so that is an error.
+    other, so that is an error. An image its source sets aside (`ImageSetAside`) is left out of
+    `split` (its records and summary then say what the dataset really holds) and listed in
+    `split.set_aside` with the reason.
     """
     source_of = LocalImages(Path(images)) if isinstance(images, (str, Path)) else images
     out_dir = Path(out_dir)
     for sub in ("images", "labels"):
         shutil.rmtree(out_dir / sub, ignore_errors=True)
     seen: dict[str, str] = {}
+    kept: dict[str, list[LabelRecord]] = {}
+    digests: dict[str, dict[str, str]] = {}
     for name, records in split.records.items():
         (out_dir / "images" / name).mkdir(parents=True, exist_ok=True)
         (out_dir / "labels" / name).mkdir(parents=True, exist_ok=True)
+        kept[name], digests[name] = [], {}
         for record in records:
             source = safe_relative_path(record.source_ref)
             if source.name in seen:
                 raise LabelTableError(f"{record.source_ref!r} and {seen[source.name]!r} share a file name")
             seen[source.name] = record.source_ref
-            source_of.copy(record.source_ref, out_dir / "images" / name / source.name)
+            image = out_dir / "images" / name / source.name
+            try:
+                source_of.copy(record.source_ref, image)
+            except ImageSetAside as exc:
+                log.warning("dataset: set aside %s (its label is not trained on): %s", record.source_ref, exc)
+                split.set_aside[record.source_ref] = str(exc)
+                continue
+            digests[name][source.name] = file_sha256(image)
             label_file = out_dir / "labels" / name / f"{source.stem}.txt"
             label_file.write_text("".join(line + "\n" for line in yolo_label_lines(record)))
+            kept[name].append(record)
+    split.records = kept
+    if split.set_aside and not any(kept.values()):
+        raise LabelTableError(f"every one of the {len(split.set_aside)} images was set aside (see the log): "
+                              "no dataset to build")
     data_yaml = out_dir / "data.yaml"
     data = {
         "path": str(out_dir.resolve()),
@@ -169,5 +234,6 @@ def write_yolo_dataset(
     }
     data_yaml.write_text(yaml.safe_dump(data, sort_keys=False))
     # the files' photos let a later step pick a split's images by photo (cloud.pipeline.evaluate)
-    (out_dir / "split.json").write_text(json.dumps({**split.summary(), "files": split.files()}, indent=2))
+    index = SplitFile.model_validate({**split.summary(), "files": split.files(), "sha256": digests})
+    (out_dir / SPLIT_FILE).write_text(index.model_dump_json(indent=2))
     return data_yaml

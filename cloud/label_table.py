@@ -12,12 +12,14 @@ import ast
 import csv
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
 APPROVED = "APPROVED"
 REQUIRED_COLUMNS = ("source_ref", "image_width", "image_height", "annotations", "status")
+MAX_ANNOTATIONS_TEXT = 1_000_000  # characters: 1000 boxes (cloud.labels.rules.MAX_BOXES) take ~100 000
 
 
 class LabelTableError(ValueError):
@@ -67,10 +69,12 @@ def safe_relative_path(source_ref: str) -> PurePosixPath:
 
 def _parse_boxes(raw: object, where: str) -> tuple[BoxLabel, ...]:
     if isinstance(raw, str):
+        if len(raw) > MAX_ANNOTATIONS_TEXT:  # parsing is not free: a hostile cell could hold anything
+            raise LabelTableError(f"{where}: annotations are {len(raw)} characters, at most {MAX_ANNOTATIONS_TEXT}")
         try:
             raw = ast.literal_eval(raw) if raw.strip() else []
-        except (ValueError, SyntaxError) as exc:
-            raise LabelTableError(f"{where}: annotations are not a list literal ({exc})") from None
+        except (ValueError, SyntaxError, RecursionError, MemoryError) as exc:  # deep nesting: the last two
+            raise LabelTableError(f"{where}: annotations are not a list literal ({type(exc).__name__}: {exc})") from None
     if not isinstance(raw, list):
         raise LabelTableError(f"{where}: annotations must be a list, got {type(raw).__name__}")
     boxes = []
@@ -83,43 +87,47 @@ def _parse_boxes(raw: object, where: str) -> tuple[BoxLabel, ...]:
                 width=float(item["width"]),
                 height=float(item["height"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise LabelTableError(f"{where}: annotation {n} is malformed ({exc!r})") from None
+        if not all(math.isfinite(v) for v in (box.left, box.top, box.width, box.height)):
+            # `1e999` and `nan` parse as floats; nothing downstream can use them
+            raise LabelTableError(f"{where}: annotation {n} has a coordinate that is not a finite number")
         if box.width <= 0 or box.height <= 0 or box.class_id < 0:
             raise LabelTableError(f"{where}: annotation {n} has a non-positive size or class")
         boxes.append(box)
     return tuple(boxes)
 
 
+def record_from_row(row: Mapping[str, object], where: str) -> LabelRecord:
+    """One row of the label table (from any source) as a record; `where` names it in errors."""
+    missing = [c for c in REQUIRED_COLUMNS if row.get(c) is None]  # None: a short CSV line, a NULL in the store
+    if missing:
+        raise LabelTableError(f"{where}: missing column(s) {', '.join(missing)}")
+    source_ref = str(row["source_ref"])
+    safe_relative_path(source_ref)
+    try:
+        width, height = int(float(row["image_width"])), int(float(row["image_height"]))
+        event_time = float(row.get("event_time") or 0.0)
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(float("1e999"))
+        raise LabelTableError(f"{where}: bad number ({exc})") from None
+    if not math.isfinite(event_time):
+        raise LabelTableError(f"{where}: event_time {event_time} is not a finite number")
+    if width <= 0 or height <= 0:
+        raise LabelTableError(f"{where}: image size must be positive")
+    return LabelRecord(
+        source_ref=source_ref,
+        image_width=width,
+        image_height=height,
+        boxes=_parse_boxes(row["annotations"], where),
+        status=str(row["status"]).strip().upper(),
+        event_time=event_time,
+        labeling_job=str(row.get("labeling_job") or ""),
+    )
+
+
 def records_from_rows(rows: Iterable[Mapping[str, object]]) -> list[LabelRecord]:
     """Validate rows of the label table (from any source) into records, in the order given."""
-    records = []
-    for index, row in enumerate(rows):
-        missing = [c for c in REQUIRED_COLUMNS if c not in row]
-        where = f"row {index} ({row.get('source_ref', '?')})"
-        if missing:
-            raise LabelTableError(f"{where}: missing column(s) {', '.join(missing)}")
-        source_ref = str(row["source_ref"])
-        safe_relative_path(source_ref)
-        try:
-            width, height = int(float(row["image_width"])), int(float(row["image_height"]))
-            event_time = float(row.get("event_time") or 0.0)
-        except (TypeError, ValueError) as exc:
-            raise LabelTableError(f"{where}: bad number ({exc})") from None
-        if width <= 0 or height <= 0:
-            raise LabelTableError(f"{where}: image size must be positive")
-        records.append(
-            LabelRecord(
-                source_ref=source_ref,
-                image_width=width,
-                image_height=height,
-                boxes=_parse_boxes(row["annotations"], where),
-                status=str(row["status"]).strip().upper(),
-                event_time=event_time,
-                labeling_job=str(row.get("labeling_job") or ""),
-            )
-        )
-    return records
+    return [record_from_row(row, f"row {index} ({row.get('source_ref', '?')})") for index, row in enumerate(rows)]
 
 
 def read_label_csv(path: str | Path) -> list[LabelRecord]:
@@ -127,7 +135,7 @@ def read_label_csv(path: str | Path) -> list[LabelRecord]:
     path = Path(path)
     if not path.is_file():
         raise LabelTableError(f"label table {path} does not exist")
-    with path.open(newline="", encoding="utf-8") as handle:
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         return records_from_rows(csv.DictReader(handle))
 
 

@@ -50,6 +50,13 @@ class ObjectTooLarge(StorageError):
     pass
 
 
+class ObjectMissing(StorageError):
+    """The key names no object (never uploaded, or deleted since it was listed)."""
+
+
+MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+
+
 class ObjectStore:
     def __init__(self, settings: StorageSettings, client: Any) -> None:
         self.settings, self.client = settings, client
@@ -90,20 +97,27 @@ class ObjectStore:
         except (ClientError, BotoCoreError) as exc:
             raise self._fail("list_objects_v2", prefix, exc) from exc
 
-    def read(self, key: str) -> bytes:
-        """The object's bytes; refused unread when larger than max_object_bytes."""
-        limit = self.settings.max_object_bytes
+    def read(self, key: str, limit: int | None = None, limit_name: str = "") -> bytes:
+        """The object's bytes; refused unread when larger than `limit` (named `limit_name` in the
+        error; max_object_bytes unless a smaller limit is given: a sidecar is a few KB, see
+        cloud.ingest.frames), with ObjectMissing when there is no such object."""
+        if limit is None or limit >= self.settings.max_object_bytes:
+            limit, limit_name = self.settings.max_object_bytes, "storage.max_object_bytes"
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=key)
             if response.get("ContentLength", 0) > limit:
                 response["Body"].close()
                 raise ObjectTooLarge(f"s3://{self.bucket}/{key} is {response['ContentLength']} bytes; "
-                                     f"the limit (storage.max_object_bytes) is {limit}")
+                                     f"the limit ({limit_name}) is {limit}")
             data = response["Body"].read(limit + 1)
-        except (ClientError, BotoCoreError) as exc:
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in MISSING_CODES:
+                raise ObjectMissing(f"s3://{self.bucket}/{key}: no such object (never uploaded, or deleted)") from None
+            raise self._fail("get_object", key, exc) from exc
+        except BotoCoreError as exc:
             raise self._fail("get_object", key, exc) from exc
         if len(data) > limit:
-            raise ObjectTooLarge(f"s3://{self.bucket}/{key} is over {limit} bytes (storage.max_object_bytes)")
+            raise ObjectTooLarge(f"s3://{self.bucket}/{key} is over {limit} bytes ({limit_name})")
         return data
 
     def presigned_url(self, key: str, expires_s: int) -> str:
@@ -117,4 +131,4 @@ class ObjectStore:
 
 RAW_KEY = re.compile(
     r"^(?P<prefix>.+)/raw/(?P<thing>[A-Za-z0-9][A-Za-z0-9_-]{0,63})/(?P<camera>[A-Za-z0-9][A-Za-z0-9_-]{0,63})/"
-    r"(?P<y>\d{4})/(?P<m>\d{2})/(?P<d>\d{2})/(?P<sha256>[0-9a-f]{64})\.jpg$")
+    r"(?P<y>[0-9]{4})/(?P<m>[0-9]{2})/(?P<d>[0-9]{2})/(?P<sha256>[0-9a-f]{64})\.jpg$")

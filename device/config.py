@@ -16,6 +16,7 @@ from device.drift import DriftSettings
 from device.redact import redact, remember_secrets, secrets_in, secrets_in_text
 from device.rehearsal import DriftName
 from device.runtimes import RuntimeName, is_ir, resolve_runtime
+from device.signing import KeyFileError, TrustedKeys
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # safe in MQTT topics and file names
 
@@ -120,6 +121,29 @@ class ModelConfig(Strict):
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     execution_mode: Literal["sequential", "parallel"] = "sequential"
     spinning: bool = Field(True, description="let idle inference threads spin (lower latency, more CPU)")
+    public_key: list[Path] = Field(default_factory=list,
+                                   description="PEM public key file(s) of the cloud's model signing key (a path, or a "
+                                               "list during a key rotation; a file may hold several keys). When set, "
+                                               "only a model whose card is signed by one of them is served, at start "
+                                               "and at a hot swap; unset: models are not required to be signed")
+
+    @field_validator("public_key", mode="before")
+    @classmethod
+    def _one_or_more_keys(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)) and not value:  # would silently turn signatures off
+            raise ValueError("an empty list trusts no key: name the public key file(s), or remove model.public_key "
+                             "to serve unsigned models")
+        return [value] if isinstance(value, (str, Path)) else value
+
+    def trusted_keys(self) -> TrustedKeys | None:
+        """The keys of `public_key`, read now (None when unset); a file that is not a public key
+        is a ConfigError that names the file, never its content."""
+        if not self.public_key:
+            return None
+        try:
+            return TrustedKeys.load(self.public_key)
+        except KeyFileError as exc:
+            raise ConfigError(f"model.public_key: {exc}") from None
 
     def runtime_for(self, model_path: Path) -> RuntimeName:
         return resolve_runtime(self.runtime, model_path)

@@ -23,6 +23,12 @@ SCHEMA_BASE_URL = "https://edge-inspect.dev/schemas"
 SAFE_ID = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # thing and camera ids: safe in topics, files, S3 keys
 UTC_TIME = r"Z$"  # ISO 8601 in UTC, e.g. 2026-11-22T07:26:34.387Z
 SHA256 = r"^[0-9a-f]{64}$"
+# Bounds the cloud side enforces on what devices send (a hostile or broken device must not stall
+# or flood it): the uploader announces at most SAMPLES_MAX_KEYS keys per `samples` message (it
+# splits longer lists), and a sidecar names at most SIDECAR_MAX_DETECTIONS detections (the
+# detector keeps 300 at most).
+SAMPLES_MAX_KEYS = 100
+SIDECAR_MAX_DETECTIONS = 1000
 S3_RAW_KEY = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/raw/[A-Za-z0-9_-]+/[A-Za-z0-9_-]+/[0-9]{4}/[0-9]{2}/[0-9]{2}/[0-9a-f]{64}\.jpg$"
 
 
@@ -239,7 +245,7 @@ class Sidecar(Contract):
     width: int = Field(ge=1)
     height: int = Field(ge=1)
     model: ModelIdentity
-    detections: list[SampleDetection]
+    detections: list[SampleDetection] = Field(max_length=SIDECAR_MAX_DETECTIONS)
     strategies: list[str] = Field(min_length=1)
     tags: list[str]
     jpeg_sha256: str | None = Field(None, pattern=SHA256)

@@ -38,7 +38,7 @@ from device.greengrass import (
 )
 from device.inference import InferenceStage, prepare_for
 from device.messages import Outbound
-from device.model_manager import ModelManager
+from device.model_manager import MODEL_SNAPSHOTS, ModelManager
 from device.mqtt import MqttSink, topic_root
 from device.open_defects import OpenDefects
 from device.preflight import PreflightError, lock_state_dir, model_runtime, preflight
@@ -73,7 +73,8 @@ class Daemon:
         self.open_defects = OpenDefects(config.state_dir / "open-defects.sqlite")
         model_cfg = config.model
         self.models = ModelManager(model_path, lambda path: model_runtime(model_cfg, path), self._model_message,
-                                   loaded=choice.detector)
+                                   loaded=choice.detector, trusted=model_cfg.trusted_keys(),
+                                   snapshots=config.state_dir / MODEL_SNAPSHOTS)
         self._refused_at_start = choice.refused
         prepare = prepare_for(self.models)
         self.cameras = {c.id: Camera(c, self._on_status, self.stop, prepare, state_dir=config.state_dir)

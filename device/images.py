@@ -6,7 +6,11 @@ a 1-2 GB edge box. Two limits, checked in this order:
 1. the file size, from `fstat` of the opened file, before a single byte is read (a 3 GiB file,
    sparse or not, is set aside unread);
 2. the pixel count the image header declares, before anything is decoded (a 389 KB PNG can
-   declare 20000x20000 pixels: 1.2 GB once decoded to BGR).
+   declare 20000x20000 pixels: 1.2 GB once decoded to BGR);
+3. for a JPEG, the declared size against the bytes that are there: a Huffman-coded JPEG spends at
+   least one bit on every 8x8 block (its DC coefficient), so a header declaring 6000x6000 over a
+   few hundred bytes of data is a lie or a truncation, refused before OpenCV decodes it (it would
+   fill the missing 36 M pixels with grey and hand them on as an image).
 
 The header is read by Pillow, which parses headers only on `Image.open` and never decodes there.
 The bytes Pillow checks are the very bytes OpenCV then decodes (one read into memory), so a file
@@ -148,7 +152,7 @@ def _check_pixels(path: str | Path, data: bytes, max_pixels: int, formats: tuple
     """Refuse an image whose header declares more than `max_pixels`; nothing is decoded."""
     try:
         with Image.open(io.BytesIO(data), formats=formats) as probe:
-            width, height = probe.size
+            (width, height), kind = probe.size, probe.format
     except Image.DecompressionBombError as exc:  # Pillow's own ceiling, far above any sane max_pixels
         raise ImageRejected(path, f"too many pixels ({exc}); the limit (max_pixels) is {max_pixels}") from None
     except UnidentifiedImageError:
@@ -159,6 +163,58 @@ def _check_pixels(path: str | Path, data: bytes, max_pixels: int, formats: tuple
     if width * height > max_pixels:
         raise ImageRejected(path, f"too many pixels: the header declares {width}x{height} "
                                   f"({width * height}), the limit (max_pixels) is {max_pixels}")
+    if kind in ("JPEG", "MPO"):  # MPO: a JPEG with an MPF segment
+        coded = jpeg_scan_bytes(data)
+        if coded < jpeg_min_bytes(width, height):
+            raise ImageRejected(path, f"not a readable image: the header declares {width}x{height}, more than "
+                                      f"{coded} bytes of coded image data can hold (at least "
+                                      f"{jpeg_min_bytes(width, height)}): a lying or truncated header")
+
+
+def jpeg_min_bytes(width: int, height: int) -> int:
+    """The fewest bytes a Huffman-coded JPEG of this size can take: one bit per 8x8 block of one
+    component (each block's DC code is at least one bit long), headers not counted."""
+    return (-(-width // 8) * -(-height // 8)) // 8
+
+
+def jpeg_scan_bytes(data: bytes) -> int:
+    """How many bytes of a JPEG are coded image data (what follows each SOS header up to the next
+    marker): comment or APPn segments padded on to a small image must not make room for a lying
+    header. A stream that ends early counts what is there."""
+    pos, total, size = 2, 0, len(data)  # after SOI
+    while pos + 1 < size:
+        if data[pos] != 0xFF:
+            pos += 1  # garbage between segments: the decoder decides about it
+            continue
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD9:  # EOI
+            break
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # standalone markers
+            pos += 2
+            continue
+        if pos + 3 >= size:
+            break
+        end = pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker != 0xDA:  # SOS
+            pos = end
+            continue
+        pos = end
+        while True:  # entropy-coded data: 0xFF is followed by 0x00 (stuffing) or a restart marker
+            found = data.find(b"\xff", pos)
+            if found < 0 or found + 1 >= size:
+                total += max(0, size - end)
+                return total
+            following = data[found + 1]
+            if following == 0x00 or 0xD0 <= following <= 0xD7:
+                pos = found + 2
+                continue
+            total += found - end
+            pos = found
+            break
+    return total
 
 
 def list_images(paths: Iterable[str | Path]) -> list[Path]:

@@ -1,6 +1,8 @@
 """The model card: a JSON file beside each model (`<model>.card.json`) saying what it is, how it
 was trained and how well it does. Written by the cloud side, read by the device (model name and
-version in events) and by people. Lives in `device/` because both sides share it."""
+version in events) and by people. Lives in `device/` because both sides share it. The daemon serves
+a model only when the card names the model's sha256 (device/custody.py), and, when configured,
+only with a card the cloud signed (device/signing.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from device.drift import DriftReference
 from device.self_test import SelfTestSpec
+from device.signing import CardSignature
 
 if TYPE_CHECKING:
     from device.detector import Detector
@@ -42,6 +45,9 @@ class ModelCard(BaseModel):
     command: str = ""
     self_test: SelfTestSpec | None = None  # reference frames with the FP32 model's detections
     drift_reference: DriftReference | None = None  # what the model was trained on, as the drift monitor sees it
+    # Ed25519 over every other field (device/signing.py), set by the cloud when it ships the card:
+    # any later change to the card (a field added, changed or dropped) breaks it
+    signature: CardSignature | None = None
 
     def write(self, path: str | Path) -> None:
         path = Path(path)

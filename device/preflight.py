@@ -16,7 +16,7 @@ from pathlib import Path
 
 from device.config import ConfigError, DaemonConfig, ModelConfig
 from device.detector import Detector, ModelError
-from device.model_manager import SelfTestFailed, load_checked
+from device.model_manager import MODEL_SNAPSHOTS, SelfTestFailed, load_checked
 from device.runtimes import RuntimeSettings, RuntimeUnavailableError, session_options
 
 
@@ -80,9 +80,10 @@ def check_model(config: DaemonConfig, model_path: Path) -> ModelChoice:
     agrees with its graph, gives finite output on a frame, and passes its self-test on this CPU;
     if only the self-test fails and `model.fallback_path` is set, the fallback serves instead."""
     model = config.model
+    trusted = model.trusted_keys()  # model.public_key: then every model served must be signed
 
     def load(path: Path) -> Detector:
-        return load_checked(path, model_runtime(model, path))
+        return load_checked(path, model_runtime(model, path), trusted, config.state_dir / MODEL_SNAPSHOTS)
 
     try:
         return ModelChoice(load(model_path))

@@ -172,7 +172,9 @@ class Camera(threading.Thread):
         self.kind = config.resolved_kind()
         self.live = self.kind in ("usb", "stream")
         self.queue = FrameQueue(config.queue_size, drop_oldest=self.live)
-        self._on_status, self._stop = on_status, stop
+        # not `self._stop`: threading.Thread has a method of that name, which is_alive() and join()
+        # call once the thread has ended (Python 3.10-3.12); shadowing it breaks both
+        self._on_status, self._stop_event = on_status, stop
         # Preprocessing (letterbox, blob) runs here, in the camera's thread, so it overlaps with
         # inference on the previous frame instead of adding to it.
         self._prepare = prepare
@@ -197,7 +199,7 @@ class Camera(threading.Thread):
         self._current_file = ""
 
     def _set_state(self, state: str, reason: str) -> None:
-        if self._stop.is_set() and state not in ("stopped", "finished"):
+        if self._stop_event.is_set() and state not in ("stopped", "finished"):
             return  # e.g. a stream open that timed out after SIGTERM: `stopped` is the last word
         if state != self.state:
             self.state = state
@@ -215,23 +217,23 @@ class Camera(threading.Thread):
         prepared = self._prepare(image) if self._prepare else None
         frame = Frame(self.config.id, self._seq, image, frame_time, stream_time, captured_mono, source_name,
                       prepared, (time.monotonic() - captured_mono) * 1000)
-        self.queue.put(frame, self._stop)
+        self.queue.put(frame, self._stop_event)
         self._restart_backoff.reset()  # frames flow: the next failure restarts quickly again
 
     # --- the supervisor -------------------------------------------------------------------------
 
     def run(self) -> None:
         try:
-            while not self._stop.is_set():
+            while not self._stop_event.is_set():
                 try:
                     self._run_source()
-                    if self._stop.is_set() or self.state == "finished":
+                    if self._stop_event.is_set() or self.state == "finished":
                         break
                     raise RuntimeError("the source loop ended by itself")
                 except Exception as exc:
                     self._after_failure(exc)
         finally:
-            if self._stop.is_set() and self.state != "finished":
+            if self._stop_event.is_set() and self.state != "finished":
                 self._set_state("stopped", "daemon stopping")
             if self.state in ("finished", "stopped"):
                 self.finished.set()
@@ -252,7 +254,7 @@ class Camera(threading.Thread):
         self._set_state("offline", f"{self.last_failure}; restarting in {delay:.2g} s")
         if self._current_file:
             self._count_file_failure(self._current_file)
-        self._stop.wait(delay)
+        self._stop_event.wait(delay)
 
     def _describe_failure(self, exc: Exception) -> str:
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -277,11 +279,11 @@ class Camera(threading.Thread):
     def _run_capture(self) -> None:
         cfg = self.config
         backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s)
-        while not self._stop.is_set():
+        while not self._stop_event.is_set():
             cap = self._open()
             if cap is None:
                 self._set_state("offline", f"cannot open {redact(cfg.source)}")
-                self._stop.wait(backoff.next())
+                self._stop_event.wait(backoff.next())
                 continue
             try:
                 ended = self._read_until_failure(cap, backoff)
@@ -290,9 +292,9 @@ class Camera(threading.Thread):
             if ended and not cfg.loop:
                 self._set_state("finished", "end of file")
                 return
-            if not ended and not self._stop.is_set():
+            if not ended and not self._stop_event.is_set():
                 self._set_state("offline", f"no frame for {cfg.watchdog_s:g} s from {redact(cfg.source)}")
-                self._stop.wait(backoff.next())
+                self._stop_event.wait(backoff.next())
 
     def _read_until_failure(self, cap: cv2.VideoCapture, backoff: Backoff) -> bool:
         """Read frames until the source fails (False) or a file reaches its end (True)."""
@@ -301,7 +303,7 @@ class Camera(threading.Thread):
         frame_period = 1.0 / fps if self.kind == "file" and 0 < fps < 1000 else 0.0
         last_frame = started = time.monotonic()
         index = 0
-        while not self._stop.is_set():
+        while not self._stop_event.is_set():
             ok, image = cap.read()
             if not ok or image is None:
                 if self.kind == "file":
@@ -309,7 +311,7 @@ class Camera(threading.Thread):
                     return Path(str(cfg.source)).is_file()  # the end, unless the file vanished
                 if time.monotonic() - last_frame >= cfg.watchdog_s:
                     return False
-                self._stop.wait(0.05)
+                self._stop_event.wait(0.05)
                 continue
             last_frame = time.monotonic()
             if self.state != "online":
@@ -319,7 +321,7 @@ class Camera(threading.Thread):
                 # files run on their own clock, so debouncing means the same at any speed
                 stream_time = self._file_clock + index * frame_period
                 if cfg.realtime:
-                    self._stop.wait(max(0.0, started + index * frame_period - time.monotonic()))
+                    self._stop_event.wait(max(0.0, started + index * frame_period - time.monotonic()))
             else:
                 stream_time = last_frame
             self._emit(image, stream_time)
@@ -345,24 +347,24 @@ class Camera(threading.Thread):
             # every commit when the process exits)
             path = memory_path(self._state_dir, self.config.id) if self._state_dir else None
             self.memory = FolderMemory(folder, path)
-        while not self._stop.is_set():
+        while not self._stop_event.is_set():
             try:
                 entries = scan_folder(folder)
             except (FileNotFoundError, NotADirectoryError):
                 self._set_state("offline", f"folder {folder} is missing")
-                self._stop.wait(self.config.reconnect_min_s)
+                self._stop_event.wait(self.config.reconnect_min_s)
                 continue
             except OSError as exc:
                 self._set_state("offline", f"folder {folder} cannot be listed ({exc.strerror or exc})")
-                self._stop.wait(self.config.reconnect_min_s)
+                self._stop_event.wait(self.config.reconnect_min_s)
                 continue
             self.scans += 1
             self._set_state("online", f"watching {folder}")
             for entry in self._due(entries):
-                if self._stop.is_set():
+                if self._stop_event.is_set():
                     break
                 self._inspect(folder, entry)
-            self._stop.wait(FOLDER_POLL_S)
+            self._stop_event.wait(FOLDER_POLL_S)
 
     def _due(self, entries: list[FolderEntry]) -> list[FolderEntry]:
         """The entries to handle now, oldest first: not inspected yet in this version, not set

@@ -1,9 +1,19 @@
 """Spool -> S3, in the background. Keys are content-addressed
 (`{prefix}/raw/{thing}/{camera}/{yyyy}/{mm}/{dd}/{sha256}.jpg` and `.json` beside it), so a retry
-after a crash rewrites the same object and never makes a second one. Local files are deleted only
+after a crash names the same object and never makes a second one. Local files are deleted only
 after S3 has confirmed both objects. Outages are retried with capped exponential backoff and full
 jitter; an optional bandwidth cap paces the bytes sent. After each batch, the keys uploaded are
-announced on `{prefix}/{thing}/samples`: the cloud side's trigger.
+announced on `{prefix}/{thing}/samples` (at most SAMPLES_MAX_KEYS per message): the cloud side's
+trigger.
+
+Writes never overwrite: every put is conditional (`If-None-Match: *`, honoured by S3, MinIO and
+moto; the AWS template's bucket policy refuses a frame put without it) and carries the body's
+sha256 (`x-amz-checksum-sha256`: S3 refuses bytes damaged on the way). When the key exists (412),
+the object is compared with ours where the credentials allow a HEAD: the same bytes (a retry after
+a crash) count as uploaded; other bytes are logged and counted (`conflicts`) and the frame is
+quarantined, never written over. Where HEAD is refused (the device role on AWS may only put), the
+name is content-addressed and the cloud checks every frame's sha256 against it, so the frame
+counts as uploaded.
 
 Credentials come from boto3's default chain: under Greengrass, TokenExchangeService provides them
 through AWS_CONTAINER_CREDENTIALS_FULL_URI. The role needs `s3:PutObject` on the prefix only.
@@ -11,6 +21,8 @@ through AWS_CONTAINER_CREDENTIALS_FULL_URI. The role needs `s3:PutObject` on the
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 import random
@@ -22,12 +34,18 @@ from datetime import datetime, timezone
 
 from device import messages
 from device.config import UploadConfig
+from device.contracts import SAMPLES_MAX_KEYS
 from device.messages import Outbound
 from device.spool import Spool, SpoolError, SpoolItem
 
 log = logging.getLogger(__name__)
 
 SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+KEY_EXISTS = frozenset({"PreconditionFailed", "412"})  # If-None-Match: * found an object at the key
+
+
+class KeyTaken(Exception):
+    """The bucket already holds other bytes under this key; nothing was written."""
 
 
 def object_keys(prefix: str, meta: dict, sha256: str) -> tuple[str, str]:
@@ -79,6 +97,9 @@ class Uploader(threading.Thread):
         self.throttle = Throttle(config.max_bytes_per_s)
         self.uploaded = 0
         self.failures = 0
+        self.already_present = 0  # objects the bucket held already with our bytes (a retry after a crash)
+        self.conflicts = 0  # keys holding other bytes: never overwritten
+        self._create_only = _knows_if_none_match(self.s3)
         self.online = True
         self._wake = threading.Event()
 
@@ -123,7 +144,17 @@ class Uploader(threading.Thread):
                 continue
             try:
                 self._put(jpeg_key, jpeg, "image/jpeg")
-                self._put(json_key, sidecar, "application/json")
+                try:
+                    self._put(json_key, sidecar, "application/json")
+                except KeyTaken as exc:
+                    # the same pixels sampled again the same day (another frame time): the bucket
+                    # keeps the first frame's sidecar, which describes these very bytes
+                    log.info("uploader: %s; the image is there with the sidecar of its first upload", exc)
+            except KeyTaken as exc:
+                self.conflicts += 1
+                log.warning("uploader: %s; the frame is quarantined, not uploaded", exc)
+                self.spool.discard(item, str(exc))
+                continue
             except Exception as exc:  # network, credentials, throttling: the frame stays spooled
                 return keys, exc
             self.spool.remove(item)
@@ -132,8 +163,56 @@ class Uploader(threading.Thread):
         return keys, None
 
     def _put(self, key: str, body: bytes, content_type: str) -> None:
+        """Create the object, never replace it: KeyTaken when the key holds other bytes."""
         self.throttle.spend(len(body), self.stop)
-        self.s3.put_object(Bucket=self.config.bucket, Key=key, Body=body, ContentType=content_type)
+        digest = hashlib.sha256(body).digest()
+        create_only = {"IfNoneMatch": "*"} if self._create_only else {}
+        try:
+            self.s3.put_object(Bucket=self.config.bucket, Key=key, Body=body, ContentType=content_type,
+                               ChecksumSHA256=base64.b64encode(digest).decode(), **create_only)
+        except Exception as exc:
+            if _error_code(exc) not in KEY_EXISTS:
+                raise
+            theirs = self._sha256_of(key, len(body))
+            if theirs is not None and theirs != digest.hex():
+                raise KeyTaken(f"s3://{self.config.bucket}/{key} already holds other bytes (sha256 {theirs[:12]}, "
+                               f"ours {digest.hex()[:12]})") from None
+            self.already_present += 1  # ours, from before a crash (or not comparable here: see the docstring)
+
+    def _sha256_of(self, key: str, size: int) -> str | None:
+        """The sha256 of the object at `key`: its stored checksum, else its bytes read back (a
+        frame is small); None where the credentials allow neither (the device role on AWS)."""
+        bucket = self.config.bucket
+        try:
+            head = self.s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+            if head.get("ChecksumSHA256"):
+                return base64.b64decode(head["ChecksumSHA256"]).hex()
+            if head.get("ContentLength", size) != size:
+                return "size-" + str(head["ContentLength"])  # other bytes, whatever they are
+            return hashlib.sha256(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read(size + 1)).hexdigest()
+        except Exception as exc:
+            log.debug("uploader: %s exists and cannot be compared here (%s)", key, exc)
+            return None
 
     def _announce(self, keys: list[str]) -> None:
-        self.publish(messages.samples(self.thing, self.config.bucket, keys))
+        for start in range(0, len(keys), SAMPLES_MAX_KEYS):  # the cloud side takes that many per message
+            self.publish(messages.samples(self.thing, self.config.bucket, keys[start:start + SAMPLES_MAX_KEYS]))
+
+
+def _knows_if_none_match(s3) -> bool:
+    """Whether this botocore can send `If-None-Match` on PutObject (botocore 1.35, August 2024)."""
+    try:
+        known = "IfNoneMatch" in s3.meta.service_model.operation_model("PutObject").input_shape.members
+    except AttributeError:  # not a botocore client: assume it can
+        return True
+    if not known:
+        log.warning("uploader: this boto3 cannot make conditional writes (upgrade boto3 to 1.35 or later): an "
+                    "upload may overwrite an object of the same name")
+    return known
+
+
+def _error_code(exc: Exception) -> str:
+    """botocore's ClientError code, without importing botocore here (boto3 loads lazily)."""
+    response = getattr(exc, "response", None)
+    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
+

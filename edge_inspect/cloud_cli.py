@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from edge_inspect.keys_cli import add_keys
+
 
 def add_cloud(sub: argparse._SubParsersAction) -> None:
     cloud = sub.add_parser("cloud", help="the cloud side: labeling, the label store, retraining and the model registry")
@@ -16,6 +18,10 @@ def add_cloud(sub: argparse._SubParsersAction) -> None:
     p = commands.add_parser("check-config", help="validate the cloud configuration and exit")
     p.set_defaults(func=cmd_check_config)
     p = commands.add_parser("serve", help="sampled frames -> pre-labelled batches -> labelers -> label store, until stopped")
+    p.add_argument("--rebuild-state", action="store_true",
+                   help="when labeling.state_path is missing, empty or damaged: keep it aside and rebuild it from "
+                        "the label store (frames with label rows are not sent to labelers again) instead of refusing "
+                        "to start; on a sound state, mark labelled what the label store holds as approved")
     p.set_defaults(func=cmd_serve)
     p = commands.add_parser("label", help="one labeling round by hand: list the bucket, make a batch now, submit it, "
                                           "collect the answers so far")
@@ -28,6 +34,7 @@ def add_cloud(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels-function", required=True, metavar="LAMBDA_ARN")
     p.set_defaults(func=cmd_state_machine)
     _add_pipeline(commands)
+    add_keys(commands)
     labels = commands.add_parser("labels", help="the label store").add_subparsers(dest="labels_command", required=True)
     p = labels.add_parser("import", help="append every row of a label table (CSV) as a label version")
     p.add_argument("csv", type=Path)
@@ -83,6 +90,12 @@ def _add_pipeline(commands: argparse._SubParsersAction) -> None:
         if name == "approve":
             p.add_argument("--no-deploy", action="store_true", help="only mark it Approved (on site, approving "
                                                                      "deploys it when cloud.yaml has `deploy`)")
+    p = models.add_parser("mark-deployed", help="record that the lines run an Approved version (deployed by other "
+                                                "means, or before deployments were recorded): it becomes production")
+    p.add_argument("version")
+    p.add_argument("--by", default=None, help="who says so (default: the login name)")
+    p.add_argument("--reason", required=True, help="how the lines got it, for the record")
+    p.set_defaults(func=cmd_models_mark_deployed)
     deploy = commands.add_parser("deploy", help="approved versions to the lines: canary first, then the fleet")
     deploy_commands = deploy.add_subparsers(dest="deploy_command", required=True)
     p = deploy_commands.add_parser("run", help="on site: deploy an Approved version now (what approve does)")
@@ -126,7 +139,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cloud.training import command_line
 
     config = _config(args)
-    record = start_or_resume(open_onsite(config), _run_params(args, config), command_line())
+    params = _run_params(args, config)  # --as-of checked before anything is opened
+    record = start_or_resume(open_onsite(config), params, command_line())
     print(record.line())
     return 0 if record.state in ("registered", "refused") else 1
 
@@ -197,15 +211,43 @@ def cmd_runs_abandon(args: argparse.Namespace) -> int:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    for v in _registry(args).versions():
+    """Every version; one whose card cannot be read is shown as unreadable, the others still listed."""
+    from cloud.registry.registry import UnreadableVersion, production
+
+    registry = _registry(args)
+    entries = registry.entries()
+    current = production(registry)
+    for v in entries:
+        if isinstance(v, UnreadableVersion):
+            print(f"{v.group} v{v.version}  unreadable: {v.reason}")
+            continue
         test = v.card.evaluation.candidate
-        print(f"{v.group} v{v.version}  {v.status.value:<21} test mAP50 {test.map50:.3f} mAP50-95 {test.map50_95:.3f}  "
-              f"parent {v.card.parent_version or '-'}  {v.created}" + (f"  {v.decided_by} {v.decided_at}" if v.decided_by else ""))
+        deployment = v.deployment.status.value if v.deployment else "-"
+        mark = "  (production)" if current is not None and v.version == current.version else ""
+        print(f"{v.group} v{v.version}  {v.status.value:<21} {deployment:<11} test mAP50 {test.map50:.3f} mAP50-95 "
+              f"{test.map50_95:.3f}  parent {v.card.parent_version or '-'}  {v.created}"
+              + (f"  {v.decided_by} {v.decided_at}" if v.decided_by else "") + mark)
     return 0
 
 
 def cmd_models_show(args: argparse.Namespace) -> int:
     print(_registry(args).get(args.version).model_dump_json(indent=2))
+    return 0
+
+
+def cmd_models_mark_deployed(args: argparse.Namespace) -> int:
+    import getpass
+
+    from cloud.registry.registry import Approval, DeploymentStatus, RegistryError, production
+
+    registry = _registry(args)
+    if registry.get(args.version).status is not Approval.APPROVED:
+        raise RegistryError(f"version {args.version} is not Approved: only an Approved version can be production")
+    version = registry.record_deployment(args.version, DeploymentStatus.DEPLOYED,
+                                         f"marked by {args.by or getpass.getuser()}: {args.reason}")
+    current = production(registry)
+    print(f"{version.group} v{version.version}: deployed ({args.reason}); production is "
+          f"{f'v{current.version}' if current else 'none'}")
     return 0
 
 
@@ -215,10 +257,18 @@ def cmd_models_decide(args: argparse.Namespace) -> int:
     from cloud.registry.registry import Approval
 
     status = Approval.APPROVED if args.decision == "approve" else Approval.REJECTED
-    version = _registry(args).decide(args.version, status, args.by or getpass.getuser(), args.reason)
+    registry = _registry(args)
+    version = registry.decide(args.version, status, args.by or getpass.getuser(), args.reason)
     print(f"{version.group} v{version.version}: {version.status.value} by {version.decided_by} at {version.decided_at}")
     config = _config(args)
     if status is not Approval.APPROVED or args.no_deploy or config.deploy is None:
+        from cloud.registry.registry import production
+
+        if status is Approval.APPROVED:  # production is what the fleet runs, not what was approved
+            current = production(registry)
+            print(f"not deployed: production (what retraining starts from) stays "
+                  f"{f'v{current.version}' if current else 'none'} until a rollout of this version finishes (or, for "
+                  f"lines updated by other means, `cloud models mark-deployed {version.version}`)")
         return 0
     if config.deploy.backend != "local":
         print("the deployment state machine starts on AWS on this approval (EventBridge)")
@@ -230,6 +280,7 @@ def cmd_deploy_run(args: argparse.Namespace) -> int:
     """Exit 0 when canary and fleet serve the version, 4 when it was rolled back."""
     from cloud.deploy.backends import onsite_rollout
 
+    # a version that fails to ship raises DeployError (exit 2, one line) after it is marked ship-failed
     with onsite_rollout(_config(args), say=lambda line: print(line, flush=True)) as rollout:
         result = rollout.run(args.version)
     print(f"v{result.version}: {result.outcome}" + (f" on the {result.stage}: {result.reason}" if result.stage else ""))
@@ -327,48 +378,71 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import signal
-    import threading
+    import logging
 
     from cloud.ingest.announcements import SamplesSubscriber
     from cloud.labeling.backends import open_labeling_loop
-    from cloud.labeling.serve import Timers, serve
+    from cloud.labeling.serve import StopNow, Stopper, Timers, open_waiting, serve
 
+    stopper = Stopper().install()  # before the slow start: a stop during it is a stop too
     config = _labeling_config(args)
-    loop = open_labeling_loop(config)
+    try:
+        with stopper.round():  # a start blocked on a peer is cut short by a stop, like a round
+            # a full state disk at start waits (and a stop ends the wait), as in the loop
+            loop = open_waiting(lambda: open_labeling_loop(config, rebuild=args.rebuild_state), stopper.event)
+            if loop is None:
+                raise StopNow()
+            if loop.state.rebuilding or args.rebuild_state:  # a sound state is reconciled
+                rebuilt = loop.rebuild_from_labels()
+                logging.getLogger("cloud.labeling").warning(
+                    "labeling state rebuilt from the label store: %d frames labelled, %d with only unapproved rows "
+                    "set aside, %d still pending or batched here marked labelled; frames with no label row are "
+                    "taken in again from the bucket", rebuilt.labelled, rebuilt.set_aside, rebuilt.marked)
+    except StopNow:
+        print("stopped while starting", file=sys.stderr)
+        return 0
     subscriber = SamplesSubscriber(config.broker, config.storage.bucket) if config.broker else None
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     settings = config.labeling
-    retrain, retrain_s, trigger = None, 600.0, None
+    retrain, retrain_s, triggers = None, 600.0, []
     if config.pipeline is not None:
-        from cloud.pipeline.trigger import RetrainTrigger
-        from cloud.training import command_line
+        def retrain() -> object:
+            # made at its first use, inside serve's guard: a registry that fails here (a lost
+            # version card) is logged and tried again; labeling goes on meanwhile
+            if not triggers:
+                from cloud.pipeline.trigger import RetrainTrigger
+                from cloud.training import command_line
 
-        trigger = RetrainTrigger(config, command_line())
-        retrain, retrain_s = trigger.check, config.pipeline.check_minutes * 60
+                triggers.append(RetrainTrigger(config, command_line()))
+            return triggers[0].check()
+
+        retrain_s = config.pipeline.check_minutes * 60
     timers = Timers(catch_up_s=settings.catch_up_minutes * 60, poll_s=settings.poll_interval_s, retrain_s=retrain_s)
     from cloud.deploy.backends import fleet_watcher
 
-    watcher = fleet_watcher(config)
-    if watcher is not None:
-        watcher.start()
+    try:  # the fleet store is the deploy side's: a damaged one never stops labelling
+        watcher = fleet_watcher(config)
+        if watcher is not None:
+            watcher.start()
+    except Exception as exc:
+        watcher = None
+        print(f"serve: no fleet watcher: the fleet store {config.deploy.state_path} cannot be used "
+              f"({type(exc).__name__}: {exc}); labelling goes on, and rollouts measure the lines on their own",
+              file=sys.stderr)
     try:
-        serve(loop, subscriber, timers, stop, retrain)
+        serve(loop, subscriber, timers, stopper.event, retrain, stopper)
     finally:
         if watcher is not None:
             watcher.stop()
-        if trigger is not None and trigger.running():
+        if triggers and triggers[0].running():
             print("stopping the pipeline run in progress; it resumes at the next start", file=sys.stderr)
-            trigger.stop()
+            triggers[0].stop()
     return 0
 
 
 def cmd_label(args: argparse.Namespace) -> int:
     from cloud.labeling.backends import open_labeling_loop
 
-    loop = open_labeling_loop(_labeling_config(args))
+    loop = open_labeling_loop(_labeling_config(args), who="cloud label")
     loop.recover()
     offered = loop.catch_up()
     made = loop.cut(force=True, limit=args.batch)
@@ -396,17 +470,28 @@ def cmd_state_machine(args: argparse.Namespace) -> int:
 def cmd_labels_status(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from cloud.ingest.state import LabelingState
+    from cloud.ingest.state import BATCH_STATES, FRAME_STATES, LabelingState, Status
 
     config = _labeling_config(args)
-    print(json.dumps(asdict(LabelingState(config.labeling.state_path).status()), indent=2))
+    path = config.labeling.state_path
+    if not path.exists():  # a status never makes a state file
+        print(f"no labeling state at {path} yet (`cloud serve` makes it)", file=sys.stderr)
+        status = Status({s: 0 for s in FRAME_STATES}, {s: 0 for s in BATCH_STATES}, [], 0)
+    else:
+        status = LabelingState(path).status()
+    print(json.dumps(asdict(status), indent=2))
     return 0
 
 
 def cmd_labels_import(args: argparse.Namespace) -> int:
+    from cloud.labels.store import open_label_store
     from cloud.labels.table_io import import_csv
 
-    print(f"imported {import_csv(_store(args), args.csv)} label versions from {args.csv}")
+    config = _config(args)
+    # class ids are checked against the model's classes when the configuration names them
+    classes = len(config.pipeline.params.class_names) if config.pipeline is not None else None
+    written = import_csv(open_label_store(config.label_store, config.region), args.csv, classes)
+    print(f"imported {written} label versions from {args.csv}")
     return 0
 
 
@@ -419,11 +504,14 @@ def cmd_labels_export(args: argparse.Namespace) -> int:
         raise argparse.ArgumentTypeError(f"--as-of: {exc}") from None
     result = export_as_of(_store(args), as_of, args.out)
     print(json.dumps({"out": str(args.out), "rows": result.rows, "as_of": result.as_of,
-                      "table_sha256": result.fingerprint}))
+                      "table_sha256": result.fingerprint, "set_aside": len(result.set_aside)}))
     return 0
 
 
 def cmd_labels_history(args: argparse.Namespace) -> int:
-    for version in _store(args).history(args.source_ref):
+    store = _store(args)
+    for version in store.history(args.source_ref):
         print(json.dumps({**version.columns(), "deleted": version.deleted}))
+    for aside in store.set_aside:  # stored rows that fail the label rules: logged, and shown here with why
+        print(json.dumps({"source_ref": aside.source_ref, "event_time": aside.event_time, "set_aside": aside.reason}))
     return 0

@@ -30,12 +30,12 @@ def cloud_json(config: Path, *args: str, env: dict | None = None) -> dict:
 
 
 class CloudServe:
-    """`edge-inspect cloud serve`, logging to a file beside its config."""
+    """`edge-inspect cloud serve [args]`, logging to a file beside its config."""
 
-    def __init__(self, config: Path, env: dict | None = None, log_name: str = "serve.log") -> None:
+    def __init__(self, config: Path, *args: str, env: dict | None = None, log_name: str = "serve.log") -> None:
         self.log = config.parent / log_name
-        self.proc = subprocess.Popen([sys.executable, "-m", "edge_inspect", "cloud", "--config", str(config), "serve"],
-                                     cwd=REPO, stdout=subprocess.DEVNULL, stderr=self.log.open("a"),
+        self.proc = subprocess.Popen([sys.executable, "-m", "edge_inspect", "cloud", "--config", str(config), "serve",
+                                      *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=self.log.open("a"),
                                      env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
     def kill(self) -> None:

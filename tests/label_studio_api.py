@@ -7,6 +7,8 @@ from typing import Any
 
 from cloud.labeling.label_studio_api import LabelStudioApi
 
+_PERSONAL_ACCESS_TOKENS: dict[str, str] = {}  # (server, person) -> their token, for the session
+
 
 class LabelStudioPerson(LabelStudioApi):
     def __init__(self, url: str, token: str) -> None:
@@ -41,4 +43,9 @@ class LabelStudioPerson(LabelStudioApi):
         return self.post("api/users/", {"username": username, "email": email, "password": password})
 
     def create_personal_access_token(self) -> str:
-        return self.post("api/token/", None)["token"]
+        """The user's Personal Access Token, made at the first call: Label Studio refuses a user a
+        second one (409) while the first is valid, so the tests of a session share it."""
+        key = f"{self.http.base_url} {self.http.headers.get('Authorization')}"
+        if key not in _PERSONAL_ACCESS_TOKENS:
+            _PERSONAL_ACCESS_TOKENS[key] = self.post("api/token/", None)["token"]
+        return _PERSONAL_ACCESS_TOKENS[key]

@@ -15,6 +15,7 @@ import uuid
 
 import boto3
 import pytest
+import yaml
 from botocore.stub import ANY, Stubber
 from conftest import REPO
 from moto_s3 import CREDENTIALS
@@ -22,7 +23,7 @@ from pipeline_helpers import version_files
 
 from cloud.deploy.deployer import DeployError, StageDeployment
 from cloud.deploy.fleet_store import DynamoFleetStore
-from cloud.deploy.greengrass import GreengrassDeployer, make_recipe
+from cloud.deploy.greengrass import GreengrassDeployer, make_recipe, shipment_artifacts
 from cloud.deploy.handlers import LAMBDA_WORK_DIR, approved_version, judge_stage, lambda_settings, prepare, rollback
 from cloud.deploy.settings import DeploySettings, GreengrassDeploySettings
 from cloud.deploy.shipping import Shipment
@@ -77,7 +78,7 @@ def b64sha(path) -> str:
 def test_the_recipe_names_each_artifact_by_content_with_its_digest_and_passes_the_schema(tmp_path, aws):
     deployer = aws[0]
     ship = shipment(tmp_path)
-    recipe = make_recipe(deployer.settings, "7", [ship.card_file, ship.model_file])
+    recipe = make_recipe(deployer.settings, "7", shipment_artifacts(ship))
     assert recipe["ComponentVersion"] == "1.0.7"
     [card, model] = recipe["Manifests"][0]["Artifacts"]
     assert model["URI"] == (f"s3://{deployer.settings.bucket}/edge-inspect/components/com.edgeinspect.Model/"
@@ -130,7 +131,7 @@ def test_a_component_version_made_with_another_model_is_refused(tmp_path, aws):
     deployer, greengrass, _, _, sts = aws
     ship = shipment(tmp_path)
     arn = f"arn:aws:greengrass:{REGION}:{ACCOUNT}:components:com.edgeinspect.Model:versions:1.0.7"
-    other = make_recipe(deployer.settings, "7", [ship.card_file, ship.model_file])
+    other = make_recipe(deployer.settings, "7", shipment_artifacts(ship))
     assert other["Manifests"][0]["Artifacts"][1]["URI"].endswith("/model.onnx")
     other["Manifests"][0]["Artifacts"][1]["Digest"] = "b3RoZXIgYnl0ZXM="
     expect_existing(greengrass, sts, arn, json.dumps(other).encode())
@@ -316,3 +317,120 @@ def test_the_deployment_state_machine_is_valid_amazon_states_language(tmp_path):
     path.write_text(json.dumps(broken))
     done = subprocess.run([str(ASL_VALIDATOR), "--json-path", str(path)], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0, "asl-validator must refuse a transition to a missing state"
+
+
+# --- custody of the component's artifacts ----------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", ["../x", "edge-inspect/../../other", "./components", "a/.hidden", "a//b", "/abs"])
+def test_an_artifact_prefix_that_could_leave_its_folder_is_refused(prefix):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="prefix"):
+        GreengrassDeploySettings(bucket="plant-components", prefix=prefix, canary_thing_group="c", fleet_thing_group="f")
+    assert GreengrassDeploySettings(bucket="plant-components", prefix="plant.1/edge-inspect_components",
+                                    canary_thing_group="c", fleet_thing_group="f").prefix
+
+
+def test_every_manifest_of_an_edited_base_recipe_gets_only_the_shipped_artifacts(tmp_path, aws, monkeypatch):
+    import cloud.deploy.greengrass as gg
+
+    base = yaml.safe_load(gg.BASE_RECIPE.read_text())
+    second = {**base["Manifests"][0], "Platform": {"os": "linux", "architecture": "aarch64"},
+              "Artifacts": [{"URI": "s3://someone-elses-bucket/model.onnx", "Permission": {"Read": "OWNER"}}]}
+    base["Manifests"].append(second)
+    edited = tmp_path / "recipe.yaml"
+    edited.write_text(yaml.safe_dump(base))
+    monkeypatch.setattr(gg, "BASE_RECIPE", edited)
+    deployer = aws[0]
+    ship = shipment(tmp_path)
+    recipe = make_recipe(deployer.settings, "7", shipment_artifacts(ship))
+    assert len(recipe["Manifests"]) == 2
+    root = f"s3://{deployer.settings.bucket}/edge-inspect/components/com.edgeinspect.Model/"
+    for manifest in recipe["Manifests"]:
+        assert [a["URI"].removeprefix(root) for a in manifest["Artifacts"]] == [
+            f"{file_sha256(ship.card_file)}/model.card.json", f"{ship.sha256}/model.onnx"]
+        assert [a["Digest"] for a in manifest["Artifacts"]] == [b64sha(ship.card_file), b64sha(ship.model_file)]
+    assert "someone-elses-bucket" not in json.dumps(recipe)
+
+
+def test_an_object_already_at_an_artifacts_key_with_other_bytes_is_refused(tmp_path, aws):
+    """A key is not trusted by its name: other bytes at the model's content address stop the
+    shipment before any component is made (no Greengrass call is expected: the Stubber would fail)."""
+    deployer, _, _, s3, _ = aws
+    ship = shipment(tmp_path)
+    key = f"edge-inspect/components/com.edgeinspect.Model/{ship.sha256}/model.onnx"
+    s3.put_object(Bucket=deployer.settings.bucket, Key=key, Body=b"not the model", ChecksumAlgorithm="SHA256")
+    with pytest.raises(DeployError, match=rf"s3://{deployer.settings.bucket}/{key} already holds other bytes \(sha256 "
+                                          rf"{hashlib.sha256(b'not the model').hexdigest()[:12]}\) than its content "
+                                          rf"address names \({ship.sha256[:12]}\): refused"):
+        deployer.create_component(ship)
+    # stored without a checksum: the bytes are read back and hashed
+    s3.put_object(Bucket=deployer.settings.bucket, Key=key, Body=b"not the model either")
+    with pytest.raises(DeployError, match="already holds other bytes"):
+        deployer.create_component(ship)
+    assert s3.get_object(Bucket=deployer.settings.bucket, Key=key)["Body"].read() == b"not the model either", \
+        "nothing is overwritten: the object is left for someone to look at"
+
+
+def test_an_object_already_at_its_key_with_the_same_bytes_is_reused(tmp_path, aws):
+    deployer, greengrass, _, s3, _ = aws
+    ship = shipment(tmp_path)
+    key = f"edge-inspect/components/com.edgeinspect.Model/{ship.sha256}/model.onnx"
+    s3.put_object(Bucket=deployer.settings.bucket, Key=key, Body=ship.model_file.read_bytes())  # no stored checksum
+    arn = f"arn:aws:greengrass:{REGION}:{ACCOUNT}:components:com.edgeinspect.Model:versions:1.0.7"
+    greengrass.add_response("create_component_version",
+                            {"arn": arn, "componentName": "com.edgeinspect.Model", "componentVersion": "1.0.7",
+                             "creationTimestamp": "2026-11-22T12:00:00Z",
+                             "status": {"componentState": "REQUESTED", "message": "requested", "errors": {}}},
+                            {"inlineRecipe": ANY, "tags": ANY})
+    assert deployer.create_component(ship) == arn
+    versions = [v["Key"] for v in s3.list_object_versions(Bucket=deployer.settings.bucket).get("Versions", [])]
+    assert versions.count(key) == 1, "the model was not uploaded again"
+
+
+def test_a_model_changed_after_its_shipment_was_prepared_is_refused_before_any_upload(tmp_path, aws):
+    """shipment.sha256 is compared with the bytes about to be uploaded, and so is the card's
+    model_sha256; nothing reaches S3 (no Greengrass call is expected: the Stubber would fail)."""
+    deployer, _, _, s3, _ = aws
+    ship = shipment(tmp_path)
+    ship.model_file.write_bytes(ship.model_file.read_bytes() + b"\0")  # after prepare_shipment stamped the sha256
+    with pytest.raises(DeployError, match=rf"model.onnx has sha256 {file_sha256(ship.model_file)[:12]}, but v7 shipped "
+                                          rf"{ship.sha256[:12]}: the file changed after it was prepared"):
+        deployer.create_component(ship)
+    (tmp_path / "other").mkdir()
+    other = shipment(tmp_path / "other")
+    card = json.loads(other.card_file.read_text())
+    card["model_sha256"] = "0" * 64
+    other.card_file.write_text(json.dumps(card))
+    with pytest.raises(DeployError, match="names model sha256 000000000000, not .* the card and the model are not "
+                                          "from one shipment"):
+        deployer.create_component(other)
+    assert not s3.list_objects_v2(Bucket=deployer.settings.bucket).get("Contents"), "nothing was uploaded"
+
+
+def test_each_artifact_is_read_once_and_the_bytes_checked_are_the_bytes_uploaded(tmp_path, aws, monkeypatch):
+    """A file read again for its key, its digest and its upload could be other bytes each time."""
+    from pathlib import Path
+
+    deployer, greengrass, _, s3, _ = aws
+    ship = shipment(tmp_path)
+    reads: list[str] = []
+    read_bytes = Path.read_bytes
+
+    def counting(self):
+        reads.append(self.name)
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", counting)
+    arn = f"arn:aws:greengrass:{REGION}:{ACCOUNT}:components:com.edgeinspect.Model:versions:1.0.7"
+    greengrass.add_response("create_component_version",
+                            {"arn": arn, "componentName": "com.edgeinspect.Model", "componentVersion": "1.0.7",
+                             "creationTimestamp": "2026-11-22T12:00:00Z",
+                             "status": {"componentState": "REQUESTED", "message": "requested", "errors": {}}},
+                            {"inlineRecipe": ANY, "tags": ANY})
+    assert deployer.create_component(ship) == arn
+    monkeypatch.undo()
+    assert reads.count("model.onnx") == 1 and reads.count("model.card.json") == 1, reads
+    key = f"edge-inspect/components/com.edgeinspect.Model/{ship.sha256}/model.onnx"
+    assert s3.get_object(Bucket=deployer.settings.bucket, Key=key)["Body"].read() == ship.model_file.read_bytes()

@@ -10,7 +10,7 @@ import pytest
 
 from cloud.deploy.fleet_store import SqliteFleetStore
 from cloud.deploy.observations import parse
-from cloud.deploy.promotion import SETTLE_S, Verdict, judge
+from cloud.deploy.promotion import BLIND_FROM, SETTLE_S, Verdict, judge
 from cloud.deploy.settings import PromotionRule
 from device import messages
 from device.contracts import DefectEvent, ModelIdentity, StageLatency
@@ -25,7 +25,18 @@ WINDOW = RULE.window_minutes * 60
 
 @pytest.fixture
 def store(tmp_path):
+    """A store whose watcher listened through every window these tests use."""
     s = SqliteFleetStore(tmp_path / "fleet.sqlite")
+    s.listening("watcher", T0 - 3 * WINDOW)
+    s.stopped("watcher", T0 + 3 * WINDOW)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def unheard(tmp_path):
+    """A store that holds messages (an earlier rollout's) but no record of anyone listening now."""
+    s = SqliteFleetStore(tmp_path / "unheard.sqlite")
     yield s
     s.close()
 
@@ -102,7 +113,7 @@ def test_an_alert_rate_out_of_band_rolls_back(store, after):
 
 
 def test_too_few_alerts_to_judge_a_rate_by_count_as_in_band(store):
-    line(store, "line-1", 3, 0)  # below min_alerts in both windows
+    line(store, "line-1", BLIND_FROM - 1, 0)  # below min_alerts in both windows, too few to call the new one blind
     assert verdict(store, ["line-1"], T0 + WINDOW + SETTLE_S + 1).verdict is Verdict.PROMOTE
 
 
@@ -136,3 +147,94 @@ def test_a_message_heard_twice_is_counted_once(store):
         send(store, "line-1", serving, T0)
     assert store.alerts("line-1", T0 - 20, T0) == 1
     assert len([o for o in store._rows("WHERE thing = 'line-1'") if o.kind == "serving"]) == 1
+
+
+# -- coverage: a rate is judged only on windows someone listened through ---------------------------
+
+def test_a_window_nobody_listened_to_is_not_read_as_zero_alerts(unheard):
+    """Severe 1: history from an earlier rollout, nobody listening before this swap: the old
+    rule read "0 before" and promoted a blind model as "too few to judge"."""
+    unheard.listening("earlier-rollout", T0 - 10 * WINDOW)
+    unheard.stopped("earlier-rollout", T0 - 8 * WINDOW)
+    unheard.listening("this-rollout", T0 - 1)  # it subscribed only just before the swap
+    unheard.stopped("this-rollout", T0 + 2 * WINDOW)
+    line(unheard, "line-1", 0, 0)
+    j = verdict(unheard, ["line-1"], T0 + WINDOW + SETTLE_S + 1)
+    assert j.verdict is Verdict.ROLLBACK and "not measured" in j.reason and not j.rates[0].measured
+
+
+def test_a_listener_that_stopped_mid_window_does_not_cover_it(unheard):
+    unheard.listening("serve", T0 - 2 * WINDOW)
+    unheard.heartbeat("serve", T0 - WINDOW / 2)  # killed outright: no more heartbeats
+    unheard.listening("rollout", T0 - 5)
+    unheard.stopped("rollout", T0 + 2 * WINDOW)
+    assert not unheard.covered(T0 - WINDOW, T0)
+    assert unheard.covered(T0 - 2 * WINDOW, T0 - WINDOW / 2)
+    # a second listener that took over before the first stopped: one unbroken coverage
+    unheard.listening("rollout-2", T0 - WINDOW / 2 - 1)
+    unheard.stopped("rollout-2", T0 + 1)
+    assert unheard.covered(T0 - 2 * WINDOW, T0 + 2 * WINDOW)
+
+
+def test_a_blind_model_rolls_back_even_when_min_ratio_allows_zero(store):
+    rule = RULE.model_copy(update={"min_ratio": 0.0})
+    line(store, "line-1", RULE.min_alerts, 0)
+    j = judge(rule, store, ["line-1"], NEW.sha256, T0 - 5, T0 + WINDOW + SETTLE_S + 1, True)
+    assert j.verdict is Verdict.ROLLBACK and "0 alerts" in j.reason
+
+
+def test_a_model_alerting_like_its_predecessor_is_promoted(store):
+    line(store, "line-1", 6, 6)
+    j = verdict(store, ["line-1"], T0 + WINDOW + SETTLE_S + 1)
+    assert j.verdict is Verdict.PROMOTE and (j.rates[0].before, j.rates[0].after, j.rates[0].measured) == (6, 6, True)
+
+
+@pytest.mark.parametrize(("after", "expected"), [(0, Verdict.PROMOTE), (4, Verdict.PROMOTE), (6, Verdict.ROLLBACK)],
+                         ids=["still-quiet", "a-few", "floods-a-quiet-line"])
+def test_a_quiet_line_really_measured(store, after, expected):
+    line(store, "line-1", 0, after)
+    assert verdict(store, ["line-1"], T0 + WINDOW + SETTLE_S + 1).verdict is expected
+
+
+def test_a_quiet_line_that_goes_silent_rolls_back(store):
+    """4 alerts before (under min_alerts), none after: read as "too few to judge" it was promoted;
+    at a true rate of 4 per window, a window with none is a 2% chance."""
+    line(store, "line-1", 4, 0)
+    j = verdict(store, ["line-1"], T0 + WINDOW + SETTLE_S + 1)
+    assert j.verdict is Verdict.ROLLBACK and "0 alerts" in j.reason and not j.unmeasured
+
+
+def test_min_alerts_of_zero_is_refused():
+    with pytest.raises(ValueError, match="min_alerts"):
+        PromotionRule(min_alerts=0)
+
+
+def test_a_blip_after_the_swap_waits_for_a_later_whole_window_on_the_new_model(unheard):
+    unheard.listening("rollout", T0 - 2 * WINDOW)
+    unheard.stopped("rollout", T0 + WINDOW / 2)  # the broker went away mid-window
+    unheard.listening("rollout-2", T0 + WINDOW / 2 + 30)
+    line(unheard, "line-1", 6, 0)
+    for i in range(6):  # the new model alerts like the old one, also after the blip
+        send(unheard, "line-1", alert("line-1", NEW, T0 + WINDOW + 60 + i * 40), T0 + WINDOW + 60 + i * 40)
+    j = verdict(unheard, ["line-1"], T0 + WINDOW + SETTLE_S + 1)
+    assert j.verdict is Verdict.WAIT and "not heard through" in j.reason, "the new model can be measured again"
+    unheard.heartbeat("rollout-2", T0 + 2 * WINDOW)
+    later = T0 + WINDOW / 2 + 30 + WINDOW + SETTLE_S + 1
+    j = verdict(unheard, ["line-1"], later)
+    assert j.verdict is Verdict.PROMOTE and j.rates[0].after == 6, j.reason
+
+
+def test_no_whole_window_after_the_swap_within_the_timeout_rolls_back_unmeasured(unheard):
+    unheard.listening("rollout", T0 - 2 * WINDOW)
+    unheard.stopped("rollout", T0 + WINDOW / 2)
+    line(unheard, "line-1", 6, 6)
+    j = verdict(unheard, ["line-1"], T0 + WINDOW + SETTLE_S + RULE.swap_timeout_minutes * 60 + 2)
+    assert j.verdict is Verdict.ROLLBACK and j.unmeasured and "not measured" in j.reason
+
+
+def test_an_unheard_window_before_the_swap_rolls_back_without_blaming_the_version(unheard):
+    unheard.listening("rollout", T0 - 1)
+    unheard.stopped("rollout", T0 + 3 * WINDOW)
+    line(unheard, "line-1", 0, 0)
+    j = verdict(unheard, ["line-1"], T0 + WINDOW + SETTLE_S + 1)
+    assert j.verdict is Verdict.ROLLBACK and j.unmeasured and "before the swap" in j.reason

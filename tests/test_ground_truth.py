@@ -57,8 +57,9 @@ ROLE = "arn:aws:iam::123456789012:role/edge-inspect-ground-truth"
 FRAMES = "plant-frames"
 BATCH_ID = "20251122-080000-0123456789ab"
 ADJUST, VERIFY = f"edge-inspect-{BATCH_ID}-adjust", f"edge-inspect-{BATCH_ID}-verify"
-KEY_A, KEY_B = "edge-inspect/raw/tags/cam1/a.jpg", "edge-inspect/raw/tags/cam1/b.jpg"
 SHA_A, SHA_B = "a" * 64, "b" * 64
+# frame keys name the frame's sha256 (the raw layout): a label row's source_ref references it
+KEY_A, KEY_B = (f"edge-inspect/raw/tags/cam1/2025/11/22/{sha}.jpg" for sha in (SHA_A, SHA_B))
 CREATED = datetime(2025, 11, 22, 8, 0, tzinfo=timezone.utc).timestamp()
 
 

@@ -363,3 +363,29 @@ def test_the_default_template_builds_without_a_configuration():
     assert template["Parameters"]["BucketName"]["Default"] == "plant-frames"
     sql = strings(template["Resources"]["FleetRule"]["Properties"]["TopicRulePayload"]["Sql"])[0]
     assert "topic(2) AS thing_from_topic" in sql and "topic(3) AS kind" in sql
+
+
+def test_frames_cannot_be_overwritten_and_object_lock_is_an_option(written):
+    """Issue 21: a device's credentials must not replace a frame already uploaded (labelled frames
+    would train on other pixels). The bucket policy refuses a frame put without If-None-Match, the
+    bucket is versioned, and S3 Object Lock is a parameter (off by default)."""
+    resources = written["template"]["Resources"]
+    deny = {s["Sid"]: s for s in statements(resources["BucketPolicy"])}["BucketFramesWriteOnce"]
+    assert deny["Effect"] == "Deny" and deny["Principal"] == "*" and deny["Action"] == "s3:PutObject"
+    assert strings(deny["Resource"]) == ["${Bucket.Arn}/${FramesPrefix}/raw/*"]
+    assert deny["Condition"] == {"Null": {"s3:if-none-match": "true"}, "Bool": {"s3:ObjectCreationOperation": "true"}}
+    bucket = resources["Bucket"]["Properties"]
+    assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
+    lock = bucket["ObjectLockConfiguration"]["Fn::If"]
+    assert lock[0] == "ObjectLockOn" and lock[1]["Rule"]["DefaultRetention"] == {
+        "Mode": "GOVERNANCE", "Days": {"Ref": "ObjectLockDays"}}
+    assert written["parameters"]["ObjectLockDays"] == "0"  # off unless the plant chooses it at the first deploy
+    assert written["template"]["Conditions"]["ObjectLockOn"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "ObjectLockDays"}, "0"]}]}
+
+
+@pytest.mark.parametrize("prefix", ["../x", "edge-inspect/../other", "./x", "a/.hidden"])
+def test_a_prefix_that_could_climb_out_of_its_folder_is_refused(prefix):
+    with pytest.raises(ValueError, match="component_prefix"):
+        InfraParameters(bucket_name="plant-frames", component_prefix=prefix)
+    InfraParameters(bucket_name="plant-frames", component_prefix="edge-inspect/components.v2")  # dots inside are fine

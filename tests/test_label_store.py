@@ -8,12 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from conftest import REPO
 
 from cloud.label_table import BoxLabel, LabelRecord, approved, read_label_csv, table_fingerprint
 from cloud.labels.local import LocalLabelStore
-from cloud.labels.store import LabelStoreError
 from cloud.labels.table_io import export_as_of, import_csv, parse_time
 from cloud.labels.versions import LabelVersion, deletion
 from device.model_card import ModelCard
@@ -69,7 +67,7 @@ def test_appending_never_touches_what_is_there_and_a_crash_leaves_nothing_half_r
     assert first.parent.name.startswith("hour=") and first.parent.parent.parent.parent.name.startswith("year=")
 
 
-def test_a_damaged_row_is_a_clear_error(tmp_path):
+def test_a_damaged_row_is_set_aside_with_its_reason_and_the_others_read(tmp_path):
     import duckdb
 
     store = LocalLabelStore(tmp_path)
@@ -79,8 +77,9 @@ def test_a_damaged_row_is_a_clear_error(tmp_path):
     with duckdb.connect() as db:  # a file from elsewhere whose row has a negative width
         db.execute("COPY (SELECT 'b.jpg' AS source_ref, -5::BIGINT AS image_width, image_height, annotations, status, event_time, "
                    f"labeling_job, deleted FROM read_parquet('{first}')) TO '{bad}' (FORMAT parquet)")
-    with pytest.raises(LabelStoreError, match="image size must be positive"):
-        store.as_of(200)
+    assert [r.source_ref for r in store.as_of(200)] == ["a.jpg"]
+    (aside,) = store.set_aside
+    assert aside.source_ref == "b.jpg" and "image size must be positive" in aside.reason
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:

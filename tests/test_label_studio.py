@@ -32,7 +32,9 @@ from cloud.labeling.label_studio import (
     project_title,
     to_box,
 )
+from cloud.labeling.label_studio_api import LabelStudioApi
 from cloud.labeling.service import Batch, Box, LabelingError, Task
+from device.redact import redact, remember_secrets
 from edge_inspect.loopback import free_port
 
 TOKEN_ENV = "EDGE_INSPECT_TEST_LABEL_STUDIO_TOKEN"
@@ -251,6 +253,24 @@ def test_a_refused_token_says_so_without_showing_it(label_studio, monkeypatch, c
         backend.collect(batch, '{"project": 1}')
     for secret in (wrong, label_studio.token):
         assert secret not in message and secret not in caplog.text
+    # the hint survives the log redactor whole (it once read `...LEGACY_API_TOKEN=***`), the token stays out
+    assert redact(message) == message and "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN to true" in message
+    remember_secrets([wrong])
+    assert wrong not in redact(f"{message} {wrong}")
+
+
+def test_an_expired_access_token_is_renewed_from_the_personal_access_token(label_studio, admin):
+    """An access token lives 5 minutes: a month-long `cloud serve` renews it, and a server down
+    when the client is made is no error until a call is made."""
+    pat = admin.create_personal_access_token()
+    down = LabelStudioApi(f"http://127.0.0.1:{free_port()}", pat, timeout_s=5)  # no call yet: no error
+    down.close()
+    api = LabelStudioApi(label_studio.url, pat, timeout_s=30)
+    title = f"renew-{uuid.uuid4().hex[:8]}"
+    assert api.projects_page(title, 1, 10).items == []
+    api.http.headers["Authorization"] = "Bearer expired"  # what the server says of an access token past its time
+    assert api.projects_page(title, 1, 10).items == []
+    assert api.http.headers["Authorization"] not in ("Bearer expired", f"Bearer {pat}")
 
 
 def test_a_server_that_is_down_or_hangs_is_a_labeling_error(monkeypatch, caplog):

@@ -7,7 +7,7 @@ import pytest
 from pipeline_helpers import scores, version_files
 
 from cloud.registry.mlflow_registry import PRODUCTION_ALIAS, MlflowRegistry
-from cloud.registry.registry import FILES, Approval, RegistryError, production
+from cloud.registry.registry import FILES, Approval, DeploymentStatus, RegistryError, production
 
 
 @pytest.fixture
@@ -43,8 +43,13 @@ def test_approve_and_reject_are_recorded_and_survive_a_restart(registry, tmp_pat
     v2, v3 = restarted.get("2"), restarted.get("3")
     assert (v2.status, v2.decided_by, v2.reason) == (Approval.APPROVED, "bob", "better on the night shift")
     assert v2.decided_at and (v3.status, v3.decided_by, v3.reason) == (Approval.REJECTED, "carol", "misses faint scratches")
+    # approved is not production: production is what the fleet runs (a finished rollout)
+    assert production(restarted) is None
+    for version in ("1", "2"):
+        restarted.record_deployment(version, DeploymentStatus.DEPLOYED, "canary and fleet serve it")
     assert production(restarted).version == "2"
     assert str(restarted.client.get_registered_model("metal-tags").aliases[PRODUCTION_ALIAS]) == "2"
+    assert MlflowRegistry(tmp_path / "registry", "metal-tags").get("2").deployment.status is DeploymentStatus.DEPLOYED
     restarted.decide("2", Approval.REJECTED, "alice", "pulled: false alarms on line 3")
     assert production(restarted).version == "1"
 

@@ -144,3 +144,80 @@ def test_a_card_uri_outside_the_registry_bucket_is_not_read(aws, tmp_path):
                       {"ModelPackageName": package_arn(1)})
     with pytest.raises(RegistryError, match="not an object of the registry's bucket"):
         registry._version(package_arn(1))
+
+
+def test_an_object_replaced_under_its_content_addressed_key_is_not_read(aws, tmp_path, bundled_model):
+    # the key names its content; a card or model put under it later (the package's metadata, which the
+    # bucket's writers cannot change, still points there) is refused, not trusted by its name
+    registry, stub, s3, bucket = aws
+    files, card = version_files(tmp_path / "v", "run-a", bundled_model)
+    uri = registry._upload(files.path("version.card.json"))
+    stub.add_response("describe_model_package", describe(bucket, {"card_uri": uri, "run_id": "run-a"}, 1, "Approved"),
+                      {"ModelPackageName": package_arn(1)})
+    assert registry._version(package_arn(1)).card == card
+    forged = card.model_copy(update={"onnx_sha256": "0" * 64})
+    s3.put_object(Bucket=bucket, Key=uri.removeprefix(f"s3://{bucket}/"), Body=forged.model_dump_json().encode())
+    stub.add_response("describe_model_package", describe(bucket, {"card_uri": uri, "run_id": "run-a"}, 1, "Approved"),
+                      {"ModelPackageName": package_arn(1)})
+    with pytest.raises(RegistryError, match="does not hold the content its key names"):
+        registry._version(package_arn(1))
+
+
+def test_a_deployment_status_is_recorded_in_customer_metadata_and_decides_production(aws, tmp_path, bundled_model):
+    from cloud.registry.registry import DeploymentStatus, production
+
+    registry, stub, s3, bucket = aws
+    files, card = version_files(tmp_path / "v", "run-a", bundled_model)
+    key = "edge-inspect/models/metal-tags/card.json"
+    s3.put_object(Bucket=bucket, Key=key, Body=card.model_dump_json().encode())
+    metadata = {"card_uri": f"s3://{bucket}/{key}", "run_id": "run-a", "decided_by": "alice"}
+    failed = {"deployment_status": "ship-failed", "deployment_at": "2026-11-22T12:00:00+00:00",
+              "deployment_reason": "ModelError: model.onnx is not a loadable ONNX model INVALID_PROTOBUF"}
+
+    def expect_get(extra=None):
+        stub.add_response("describe_model_package_group", GROUP, {"ModelPackageGroupName": "metal-tags"})
+        stub.add_response("describe_model_package", describe(bucket, {**metadata, **(extra or {})}, 2, "Approved"),
+                          {"ModelPackageName": package_arn(2)})
+
+    expect_get()
+    # free text is made to fit SageMaker's metadata characters ([] and the newline are not among them)
+    stub.add_response("update_model_package", {"ModelPackageArn": package_arn(2)}, {
+        "ModelPackageArn": package_arn(2), "CustomerMetadataProperties": {
+            "deployment_status": "ship-failed", "deployment_at": ANY, "deployment_reason": failed["deployment_reason"]}})
+    expect_get(failed)
+    marked = registry.record_deployment("2", DeploymentStatus.SHIP_FAILED,
+                                        "ModelError: model.onnx is not a loadable ONNX model [INVALID_PROTOBUF]\n")
+    assert marked.deployment.status is DeploymentStatus.SHIP_FAILED and "INVALID_PROTOBUF" in marked.deployment.reason
+
+    # production: an Approved package is production only once it is marked deployed
+    stub.add_response("describe_model_package_group", GROUP, {"ModelPackageGroupName": "metal-tags"})
+    stub.add_response("list_model_packages", {"ModelPackageSummaryList": [
+        {"ModelPackageArn": package_arn(n), "ModelPackageName": "metal-tags", "CreationTime": CREATED,
+         "ModelPackageStatus": "Completed"} for n in (1, 2, 3)]}, {
+        "ModelPackageGroupName": "metal-tags", "SortBy": "CreationTime", "SortOrder": "Ascending", "MaxResults": 100})
+    deployed = {"deployment_status": "deployed", "deployment_at": "2026-11-22T12:00:00+00:00"}
+    for n, extra in ((1, deployed), (2, failed), (3, {})):
+        stub.add_response("describe_model_package", describe(bucket, {**metadata, **extra}, n, "Approved"),
+                          {"ModelPackageName": package_arn(n)})
+    assert production(registry).version == "1"
+
+
+def test_a_package_whose_card_is_lost_is_listed_unreadable_and_the_others_still_are(aws, tmp_path, bundled_model):
+    from cloud.registry.registry import UnreadableVersion
+
+    registry, stub, s3, bucket = aws
+    _, card = version_files(tmp_path / "v", "run-a", bundled_model)
+    key = "edge-inspect/models/metal-tags/card.json"
+    s3.put_object(Bucket=bucket, Key=key, Body=card.model_dump_json().encode())
+    stub.add_response("describe_model_package_group", GROUP, {"ModelPackageGroupName": "metal-tags"})
+    stub.add_response("list_model_packages", {"ModelPackageSummaryList": [
+        {"ModelPackageArn": package_arn(n), "ModelPackageName": "metal-tags", "CreationTime": CREATED,
+         "ModelPackageStatus": "Completed"} for n in (1, 2)]}, {
+        "ModelPackageGroupName": "metal-tags", "SortBy": "CreationTime", "SortOrder": "Ascending", "MaxResults": 100})
+    stub.add_response("describe_model_package", describe(bucket, {"card_uri": f"s3://{bucket}/{key}-lost"}, 1,
+                                                         "Approved"), {"ModelPackageName": package_arn(1)})
+    stub.add_response("describe_model_package", describe(bucket, {"card_uri": f"s3://{bucket}/{key}"}, 2,
+                                                         "PendingManualApproval"), {"ModelPackageName": package_arn(2)})
+    lost, kept = registry.entries()
+    assert isinstance(lost, UnreadableVersion) and lost.version == "1" and "NoSuchKey" in lost.reason
+    assert kept.version == "2" and kept.card == card

@@ -125,6 +125,9 @@ def test_hot_swap_keeps_the_old_model_when_the_new_one_fails_its_self_test(tmp_p
         entry = model.metadata_props.add()
         entry.key, entry.value = "edge_inspect_variant", "2"
         onnx.save(model, str(incoming))
+        card = json.loads(card_path_for(incoming).read_text())  # the card names the model it comes with
+        card["model_sha256"] = file_sha256(incoming)
+        card_path_for(incoming).write_text(json.dumps(card))
         os.replace(card_path_for(incoming), card_path_for(serving))
         os.replace(incoming, serving)
         assert sub.wait_for(lambda s: any(p["type"] == "model_rejected" for p in s.payloads("/errors")), 30), \

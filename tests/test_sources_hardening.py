@@ -584,3 +584,56 @@ def test_sigterm_with_eight_stuck_stream_cameras_exits_0_every_time(tmp_path, br
         server.close()
     print("exit after SIGTERM (s):", " ".join(f"{t:.2f}" for t in exit_times))
     assert max(exit_times) < 5, exit_times
+
+
+# --- 2b. a camera thread that ends: seen as ended, never a crash of the watcher ------------------
+# Camera once kept its stop event as `self._stop`, which shadows the method threading.Thread's
+# is_alive() and join() call once the thread has ended (Python 3.10-3.12): the daemon's camera
+# watcher then died with "'Event' object is not callable" and never restarted or exited.
+
+def test_a_file_camera_that_reached_its_end_is_not_alive_and_joins(tmp_path):
+    video = scratch_video(tmp_path / "short.avi", hold_frames=2, gap_frames=1)
+    stop = threading.Event()
+    camera = camera_for(str(video), stop)
+    inference = run_camera(camera)
+    try:
+        assert camera.finished.wait(20) and camera.state == "finished"
+        assert wait_until(lambda: not camera.is_alive(), 10), "an ended thread is not alive"
+        camera.join(5)  # raised TypeError once the thread had ended
+    finally:
+        stop_camera(camera, inference, stop)
+
+
+INJECT_DEAD_CAMERA = """
+import sys
+import device.sources as sources
+def failing_source(self):
+    raise RuntimeError("injected: the source loop fails")
+def supervisor_gives_up(self, exc):
+    raise exc  # the supervisor itself fails: the camera thread ends
+sources.Camera._run_source = failing_source
+sources.Camera._after_failure = supervisor_gives_up
+from edge_inspect.cli import main
+sys.exit(main(["run", "--config", sys.argv[1]]))
+"""
+
+
+def test_a_camera_thread_that_dies_makes_the_daemon_exit_1_and_say_why(tmp_path, broker):
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    copy_sample(0, folder / "img-0.jpg")
+    sub = Subscriber(broker.port, "edge-inspect/#")
+    config = write_config(tmp_path / "config.yaml", broker.port, [{"id": "drop", "source": str(folder)}],
+                          state_dir=str(tmp_path / "state"))
+    log = tmp_path / "daemon.log"
+    proc = subprocess.Popen([sys.executable, "-c", INJECT_DEAD_CAMERA, str(config)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=log.open("w"), env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert proc.wait(60) == 1, log.read_text()[-3000:]  # the README's promise: a supervisor restarts it
+        assert "not callable" not in log.read_text()
+        assert sub.wait_for(lambda s: any(p.get("type") == "camera_failed" and "drop" in p.get("message", "")
+                                          for p in s.payloads("/errors")), 10), log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sub.close()

@@ -3,6 +3,7 @@ canary lines -> the fleet, promoted or rolled back on what the devices themselve
 
     settings.py       the `deploy` section of cloud.yaml
     shipping.py       the shipment: the model file the lines get, its card, and why that precision
+    signing.py        the key pair that signs shipped cards (`cloud keys`), and the signing itself
     observations.py   device messages (model, notices, errors, events) -> the fleet store
     fleet_store.py    the fleet store: SQLite on site, DynamoDB on AWS (written by an IoT rule)
     watcher.py        the MQTT subscriber that feeds the fleet store on site

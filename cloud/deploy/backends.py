@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -12,7 +11,7 @@ from cloud.settings import CloudConfig
 from .deployer import DeployError
 from .fleet_store import SqliteFleetStore, ThingView
 from .local import LocalDeployer
-from .rollout import Rollout, RolloutLog
+from .rollout import Rollout, RolloutLog, rollout_lock
 from .settings import DeploySettings
 from .watcher import FleetWatcher
 
@@ -40,6 +39,12 @@ def onsite_rollout(config: CloudConfig, say: Callable[[str], None] = print) -> I
     if settings.backend != "local" or settings.local is None or config.broker is None:
         raise DeployError("deploy.backend is greengrass: an approval starts the deployment state machine on AWS "
                           "(EventBridge), not a local rollout")
+    with rollout_lock(settings.state_path):  # a second rollout is refused at once, before it listens
+        yield from _onsite_rollout(config, settings, say)
+
+
+def _onsite_rollout(config: CloudConfig, settings: DeploySettings, say: Callable[[str], None]) -> Iterator[Rollout]:
+    assert config.broker is not None and settings.local is not None
     store = SqliteFleetStore(settings.state_path)
     watcher = FleetWatcher(config.broker, store, f"{config.broker.client_id}-deploy-{os.getpid()}",
                            persistent=False).start()
@@ -48,8 +53,9 @@ def onsite_rollout(config: CloudConfig, say: Callable[[str], None] = print) -> I
             raise DeployError(f"cannot subscribe to the lines' messages on {config.broker.host}:{config.broker.port} "
                               f"within {SUBSCRIBE_TIMEOUT_S} s: without them no stage can be judged")
         deployer = LocalDeployer(settings.local, settings.canary, settings.work_dir / "backups")
-        yield Rollout(_registry(config), deployer, store, settings, RolloutLog(settings.state_path), say=say,
-                      watching_since=store.first_received() or time.time())
+        # the rollout judges on what this watcher (and any other that listened) heard: it measures a
+        # baseline itself when the store has not heard the canary for a whole window
+        yield Rollout(_registry(config), deployer, store, settings, RolloutLog(settings.state_path), say=say)
     finally:
         watcher.stop()
         store.close()

@@ -14,6 +14,13 @@ class DeployError(RuntimeError):
     """A deployment could not be made or undone; says which and why."""
 
 
+class ShipmentRefused(DeployError):
+    """The version's own bytes are wrong (a hash that does not match, a card that does not describe
+    the model, a model the lines cannot serve): retrying cannot help, the version is marked
+    ship-failed. Any other DeployError is an outage (a disk, a lock, a mount): the version stays
+    Approved so the rollout can be run again."""
+
+
 class StageDeployment(BaseModel):
     """One stage of one version on its devices; crosses the Step Functions boundary as JSON."""
 

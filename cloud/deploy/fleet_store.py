@@ -2,6 +2,13 @@
 `cloud fleet` ask of them. On site a SQLite file fed by `watcher.py`; on AWS a DynamoDB table
 that an IoT topic rule writes each device message into (cloud/infra), read here as the same
 observations.
+
+Coverage: "0 alerts" means something only if someone was listening. On site every watcher
+(`cloud serve`'s and each rollout's own) records when it listened: a row per subscription with
+its start and a heartbeat, ended when it disconnects. A window is covered when those intervals,
+merged, span it; the rule judges a rate only over covered windows. On AWS the IoT rule writes
+every message for as long as the stack exists, so a window there is always covered: that choice
+is DynamoFleetStore.covered's.
 """
 
 from __future__ import annotations
@@ -15,6 +22,11 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict
 
 from .observations import Observation, parse
+
+HEARTBEAT_S = 1.0  # how often a watcher says it is still listening
+# a listener is taken to have heard everything up to its last heartbeat plus this: the next beat
+# is due within HEARTBEAT_S, and a listener killed outright overstates its coverage by no more
+LISTEN_GRACE_S = 3 * HEARTBEAT_S
 
 
 class Serving(BaseModel):
@@ -53,6 +65,25 @@ class FleetReader(Protocol):
 
     def alerts(self, thing: str, start: float, end: float) -> int: ...
 
+    def covered(self, start: float, end: float) -> bool:
+        """Whether someone listened to every line's messages from `start` to `end` (the cloud's
+        clock): only then is a count of alerts over that window a measurement."""
+        ...
+
+
+def merged_since(intervals: list[tuple[float, float]], at: float) -> float | None:
+    """The start of the unbroken listening that reaches `at`, from (start, end) intervals; None
+    when nobody listened at `at`."""
+    if not any(start <= at <= end for start, end in intervals):
+        return None
+    since, extended = at, True
+    while extended:  # walk back through every interval that overlaps or touches what is covered so far
+        extended = False
+        for start, end in intervals:
+            if start < since <= end:
+                since, extended = start, True
+    return since
+
 
 def _view(store: FleetReader, thing: str, observations: list[Observation], window_s: float) -> ThingView:
     serving = store.serving(thing)
@@ -80,6 +111,9 @@ CREATE INDEX IF NOT EXISTS by_thing ON observations (thing, kind, time);
 -- the same message heard twice (`cloud serve` and a rollout both listening; a retained message
 -- re-sent on every subscribe) is one observation
 CREATE UNIQUE INDEX IF NOT EXISTS once ON observations (thing, kind, time, COALESCE(sha256, ''), detail, message_id);
+-- who listened when (the cloud's clock): one row per subscription of a watcher
+CREATE TABLE IF NOT EXISTS listeners (
+    listener TEXT PRIMARY KEY, started REAL NOT NULL, heartbeat REAL NOT NULL, ended REAL);
 """
 
 
@@ -111,10 +145,35 @@ class SqliteFleetStore:
             return [Observation(**{k: v for k, v in zip(names, row, strict=True) if v is not None})
                     for row in cursor.fetchall()]
 
-    def first_received(self) -> float | None:
-        """When this store started listening: the alert history before it is unknown."""
+    # --- coverage: who listened when ----------------------------------------------------------
+    def listening(self, listener: str, now: float | None = None) -> None:
+        """A watcher's subscription is in place: its listening starts now."""
+        now = time.time() if now is None else now
         with self._lock:
-            return self._db.execute("SELECT MIN(received) FROM observations").fetchone()[0]
+            self._db.execute("INSERT OR REPLACE INTO listeners (listener, started, heartbeat, ended) "
+                             "VALUES (?, ?, ?, NULL)", (listener, now, now))
+
+    def heartbeat(self, listener: str, now: float | None = None) -> None:
+        with self._lock:
+            self._db.execute("UPDATE listeners SET heartbeat = ? WHERE listener = ? AND ended IS NULL",
+                             (time.time() if now is None else now, listener))
+
+    def stopped(self, listener: str, now: float | None = None) -> None:
+        """The watcher lost its connection or stopped: what follows was not heard by it."""
+        with self._lock:
+            self._db.execute("UPDATE listeners SET ended = ? WHERE listener = ? AND ended IS NULL",
+                             (time.time() if now is None else now, listener))
+
+    def listened_since(self, at: float) -> float | None:
+        """The start of the unbroken listening (any watcher's, merged) that reaches `at`."""
+        with self._lock:
+            rows = self._db.execute("SELECT started, COALESCE(ended, heartbeat + ?) FROM listeners",
+                                    (LISTEN_GRACE_S,)).fetchall()
+        return merged_since([(float(a), float(b)) for a, b in rows], at)
+
+    def covered(self, start: float, end: float) -> bool:
+        since = self.listened_since(end)
+        return since is not None and since <= start
 
     def things(self) -> list[str]:
         with self._lock:
@@ -196,6 +255,12 @@ class DynamoFleetStore:
 
     def rejections(self, thing: str, received_after: float) -> list[Observation]:
         return [o for o in self._observations(thing, int(received_after * 1000)) if o.kind == "rejected"]
+
+    def covered(self, start: float, end: float) -> bool:
+        """Always: the IoT rule writes every device message into the table for as long as the
+        stack exists (and keeps it 30 days), whoever else listens; a rollout on AWS never needs to
+        measure a baseline of its own."""
+        return True
 
     def alerts(self, thing: str, start: float, end: float) -> int:
         # the device clock decides the window; received time bounds the query (a day of slack)

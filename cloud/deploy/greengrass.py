@@ -1,14 +1,20 @@
 """AWS: a `com.edgeinspect.Model` component version per registry version, deployed to the canary
 thing group, then the fleet group.
 
-- Artifacts (the model and its card) go to S3 under content-addressed keys
-  (`{prefix}/{component}/{sha256}/{file}`): a file is uploaded once, whichever version ships it.
+- Artifacts (the model and its card, which carries the signature when the cloud signs) go to S3
+  under content-addressed keys (`{prefix}/{component}/{sha256}/{file}`): a file is uploaded once,
+  whichever version ships it. A key is not trusted by its name: an object already there is reused
+  only when its stored SHA-256 (else its bytes, read back) is the file's; S3 checks each upload
+  against the digest sent with it.
 - The recipe is the repository's `greengrass_recipes/com.edgeinspect.Model/recipe.yaml` with the
-  version and each artifact's URI and SHA-256 digest filled in, checked against the recipe schema,
-  and created inline (`create_component_version`).
+  version and each artifact's URI and SHA-256 digest (which the nucleus checks on download) filled
+  in, in every manifest (an edited base recipe cannot keep an artifact of its own), checked against
+  the recipe schema, and created inline (`create_component_version`).
 - A thing group has one deployment: a new one replaces it whole. So the new deployment is the
   group's current one with the model component's version changed (the inference component and
   anything else stay), and rollback redeploys the current one as it was.
+- Each artifact is read once (`Artifact`): the model's bytes are checked against the shipment's
+  sha256 and the card's `model_sha256`, and those same bytes are hashed, named and uploaded.
 - Deployment policies: ROLLBACK on failure, NOTIFY_COMPONENTS (the daemon swaps at a frame
   boundary), and an IoT job rollout rate and abort rule.
 """
@@ -20,6 +26,7 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +34,7 @@ import yaml
 
 from cloud.aws import AwsError, aws_call
 from cloud.settings import CloudConfig
+from device.signing import SignatureError, parse_card
 
 from .deployer import DeployError, StageDeployment
 from .fleet_store import DynamoFleetStore
@@ -64,24 +72,79 @@ def check_recipe(recipe: dict[str, Any]) -> None:
         raise DeployError(f"the generated recipe fails the Greengrass recipe schema: {errors[0].message}")
 
 
-def sha256_b64(path: Path) -> str:
-    return base64.b64encode(hashlib.sha256(path.read_bytes()).digest()).decode()
+@dataclass(frozen=True)
+class Artifact:
+    """One file of a component, read once: what is hashed is what is uploaded."""
+
+    name: str
+    data: bytes
+    sha256: str  # hex
+
+    @classmethod
+    def read(cls, path: Path) -> Artifact:
+        data = Path(path).read_bytes()
+        return cls(Path(path).name, data, hashlib.sha256(data).hexdigest())
+
+    @property
+    def digest(self) -> str:
+        """base64 of the SHA-256, as recipes and S3 checksums take it."""
+        return base64.b64encode(bytes.fromhex(self.sha256)).decode()
 
 
-def artifact_key(settings: GreengrassDeploySettings, path: Path) -> str:
-    return f"{settings.prefix}/{settings.component_name}/{hashlib.sha256(path.read_bytes()).hexdigest()}/{path.name}"
+def shipment_artifacts(shipment: Shipment) -> list[Artifact]:
+    """The card and the model, card first (the install script copies it first), each read once;
+    refused unless the model's bytes are the shipment's sha256 and the card's model_sha256."""
+    card, model = Artifact.read(shipment.card_file), Artifact.read(shipment.model_file)
+    if model.sha256 != shipment.sha256:
+        raise DeployError(f"{shipment.model_file} has sha256 {model.sha256[:12]}, but v{shipment.version} shipped "
+                          f"{shipment.sha256[:12]}: the file changed after it was prepared; prepare the shipment again")
+    try:
+        named = parse_card(card.data).get("model_sha256")
+    except SignatureError as exc:
+        raise DeployError(f"{shipment.card_file}: {exc}") from None
+    if named != model.sha256:
+        raise DeployError(f"{shipment.card_file} names model sha256 {str(named)[:12]}, not {model.sha256[:12]} of "
+                          f"{shipment.model_file.name}: the card and the model are not from one shipment")
+    return [card, model]
 
 
-def make_recipe(settings: GreengrassDeploySettings, version: str, files: list[Path]) -> dict[str, Any]:
+def _hex(b64: str) -> str:
+    try:
+        return base64.b64decode(b64).hex()
+    except ValueError:
+        return "?"
+
+
+def artifact_key(settings: GreengrassDeploySettings, artifact: Artifact) -> str:
+    return f"{settings.prefix}/{settings.component_name}/{artifact.sha256}/{artifact.name}"
+
+
+def make_recipe(settings: GreengrassDeploySettings, version: str, files: list[Artifact]) -> dict[str, Any]:
     recipe = yaml.safe_load(BASE_RECIPE.read_text())
     recipe["ComponentName"] = settings.component_name
     recipe["ComponentVersion"] = component_version(version)
     recipe["ComponentConfiguration"]["DefaultConfiguration"] = {"modelFile": MODEL, "cardFile": CARD}
-    manifest = recipe["Manifests"][0]
-    manifest["Artifacts"] = [{"URI": f"s3://{settings.bucket}/{artifact_key(settings, f)}", "Digest": sha256_b64(f),
-                              "Algorithm": "SHA-256", "Permission": {"Read": "OWNER"}} for f in files]
+    artifacts = [{"URI": f"s3://{settings.bucket}/{artifact_key(settings, f)}", "Digest": f.digest,
+                  "Algorithm": "SHA-256", "Permission": {"Read": "OWNER"}} for f in files]
+    manifests = recipe.get("Manifests") or []
+    if not manifests:
+        raise DeployError(f"{BASE_RECIPE.name} has no Manifests: nothing to put the model artifacts in")
+    for manifest in manifests:  # every platform's manifest gets exactly these artifacts, nothing of its own
+        manifest["Artifacts"] = [dict(a) for a in artifacts]
     check_recipe(recipe)
+    _only_our_artifacts(settings, recipe)
     return recipe
+
+
+def _only_our_artifacts(settings: GreengrassDeploySettings, recipe: dict[str, Any]) -> None:
+    """Whatever the base recipe says (keys in any case), every artifact is one of ours, with a digest."""
+    root = f"s3://{settings.bucket}/{settings.prefix}/{settings.component_name}/"
+    for manifest in _lower_keys(recipe).get("manifests", []):
+        for artifact in manifest.get("artifacts", []):
+            uri = str(artifact.get("uri", ""))
+            if not uri.startswith(root) or "/../" in uri or not artifact.get("digest"):
+                raise DeployError(f"the generated recipe names artifact {uri!r} outside {root} (or without a "
+                                  "digest): refused")
 
 
 class DeployAwsError(AwsError, DeployError):
@@ -113,21 +176,39 @@ class GreengrassDeployer:
             things = [t for t in things if t not in canary]
         return things
 
-    def _upload(self, path: Path) -> None:
-        key = artifact_key(self.settings, path)
-        # a listing of the key itself, not head_object: without GetObject (the role only writes
-        # here) a missing object reads as 403, not 404
+    def _upload(self, artifact: Artifact) -> None:
+        key, digest = artifact_key(self.settings, artifact), artifact.digest
+        # a listing of the key itself, not head_object: without ListBucket on the key a missing
+        # object reads as 403, not 404
         found = _call(self.s3, "list_objects_v2", Bucket=self.settings.bucket, Prefix=key, MaxKeys=1)
         if any(o["Key"] == key for o in found.get("Contents", [])):
-            return  # content-addressed: already there means the same bytes
+            self._check_existing(key, digest)
+            return
         # no SSE header: the bucket's default encryption applies its own KMS key (the header alone
-        # would pick the account's aws/s3 key instead)
-        _call(self.s3, "put_object", Bucket=self.settings.bucket, Key=key, Body=path.read_bytes(),
-              ChecksumAlgorithm="SHA256")
+        # would pick the account's aws/s3 key instead). The digest makes S3 refuse other bytes.
+        _call(self.s3, "put_object", Bucket=self.settings.bucket, Key=key, Body=artifact.data,
+              ChecksumSHA256=digest)
+
+    def _check_existing(self, key: str, digest: str) -> None:
+        """An object already at a content address is reused only if it holds those bytes: its
+        stored SHA-256 checksum, or (stored without one) its bytes read back."""
+        bucket = self.settings.bucket
+        stored = _call(self.s3, "head_object", Bucket=bucket, Key=key, ChecksumMode="ENABLED").get("ChecksumSHA256")
+        if not stored or "-" in stored:  # none, or a multipart upload's checksum of checksums
+            body = _call(self.s3, "get_object", Bucket=bucket, Key=key)["Body"]
+            hasher = hashlib.sha256()
+            for chunk in iter(lambda: body.read(1 << 20), b""):
+                hasher.update(chunk)
+            stored = base64.b64encode(hasher.digest()).decode()
+        if stored != digest:
+            raise DeployError(f"s3://{bucket}/{key} already holds other bytes (sha256 {_hex(stored)[:12]}) than its "
+                              f"content address names ({_hex(digest)[:12]}): refused; find out who wrote it, delete "
+                              "it, and deploy again")
+        log.info("artifact s3://%s/%s already there with the same sha256", bucket, key)
 
     def create_component(self, shipment: Shipment) -> str:
         """Upload the artifacts and create the component version; returns its ARN."""
-        files = [shipment.card_file, shipment.model_file]  # card first: the install script copies it first
+        files = shipment_artifacts(shipment)  # read once, checked against the shipment, uploaded as read
         recipe = make_recipe(self.settings, shipment.version, files)
         for f in files:
             self._upload(f)

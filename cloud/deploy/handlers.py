@@ -2,10 +2,13 @@
 pure function of its payload and its clients, wrapped by a `lambda_*` entry point that builds the
 clients from the configuration (`EDGE_INSPECT_CLOUD_CONFIG`: the cloud.yaml baked into the
 function's image). They call the same shipping, promotion and rollback code as the on-site flow.
+The rollback function also marks a version deployed (the fleet runs it: production) or
+ship-failed (with the failure's reason; and Rejected), the registry writes of the on-site rollout.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -13,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from cloud.registry.registry import Approval, ModelRegistry
+from cloud.registry.registry import Approval, DeploymentStatus, ModelRegistry, first_line
 
 from .deployer import DeployError, StageDeployment
 from .fleet_store import FleetReader
@@ -71,12 +74,52 @@ def judge_stage(deployment: StageDeployment, fleet: FleetReader, settings: Deplo
 
 
 def rollback(deployments: list[StageDeployment], reason: str, deployer: GreengrassDeployer,
-             registry: ModelRegistry) -> dict[str, Any]:
+             registry: ModelRegistry, reject: bool = True) -> dict[str, Any]:
+    """Every stage back (one that fails does not stop the others); `reject`: the version is to
+    blame (a refusal, a rate out of band), not an outage or an unmeasured rate."""
+    failures = []
     for deployment in reversed(deployments):
-        deployer.rollback(deployment)
+        try:
+            deployer.rollback(deployment)
+        except Exception as exc:
+            failures.append(f"rolling back the {deployment.stage} failed: {first_line(exc)}")
     version = deployments[0].version
-    registry.decide(version, Approval.REJECTED, by=DEPLOYER, reason=f"rolled back: {reason}")
-    return {"version": version, "rolled_back": [d.stage for d in deployments], "reason": reason}
+    if reject:
+        registry.decide(version, Approval.REJECTED, by=DEPLOYER, reason=f"rolled back: {reason}")
+    if failures:
+        raise DeployError(f"version {version} was rolled back ({reason}), but {'; '.join(failures)}")
+    return {"version": version, "rolled_back": [d.stage for d in deployments], "reason": reason, "rejected": reject}
+
+
+def mark_deployed(deployment: StageDeployment, registry: ModelRegistry) -> dict[str, Any]:
+    """The fleet stage promoted: the version is what the fleet runs."""
+    registry.record_deployment(deployment.version, DeploymentStatus.DEPLOYED,
+                               f"canary and fleet serve {deployment.sha256[:12]}")
+    return {"version": deployment.version, "deployment": DeploymentStatus.DEPLOYED.value}
+
+
+def failure_reason(failure: dict[str, Any]) -> str:
+    """One line from a Step Functions Catch result ({"Error", "Cause"}; a Lambda's Cause is its
+    error as JSON)."""
+    cause = str(failure.get("Cause") or "")
+    try:
+        body = json.loads(cause)
+        text = f"{body.get('errorType') or failure.get('Error') or 'error'}: {body.get('errorMessage') or ''}"
+    except (json.JSONDecodeError, AttributeError):
+        text = f"{failure.get('Error') or 'error'}: {cause}"
+    lines = text.strip().splitlines()
+    return (lines[0] if lines else "unknown failure")[:500]
+
+
+def mark_ship_failed(event: dict[str, Any], failure: dict[str, Any], registry: ModelRegistry) -> dict[str, Any]:
+    """The shipment or the canary deployment failed: marked so with the reason, and Rejected, so the
+    version can never be production."""
+    version = approved_version(event, registry.group)
+    reason = failure_reason(failure)
+    registry.record_deployment(version, DeploymentStatus.SHIP_FAILED, reason)
+    if registry.get(version).status is Approval.APPROVED:
+        registry.decide(version, Approval.REJECTED, by=DEPLOYER, reason=f"failed to ship: {reason}")
+    return {"version": version, "deployment": DeploymentStatus.SHIP_FAILED.value, "reason": reason}
 
 
 def _from_environment():
@@ -116,6 +159,13 @@ def lambda_judge(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
 
 
 def lambda_rollback(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    """Rolls back (`deployments`, `reason`), or marks the version (`mark`: deployed | ship-failed)."""
     _, registry, deployer, _ = _from_environment()
+    if event.get("mark") == "deployed":
+        return mark_deployed(StageDeployment.model_validate(event["deployment"]), registry)
+    if event.get("mark") == "ship-failed":
+        return mark_ship_failed(event["event"], event.get("failure") or {}, registry)
     deployments = [StageDeployment.model_validate(d) for d in event["deployments"]]
-    return rollback(deployments, event["reason"], deployer, registry)
+    reason = failure_reason(event["failure"]) if event.get("failure") else event["reason"]
+    reject = bool(event.get("reject", True)) and not event.get("unmeasured", False)
+    return rollback(deployments, reason, deployer, registry, reject=reject)

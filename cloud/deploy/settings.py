@@ -7,6 +7,7 @@
       canary: [line-1]                    # things that get a new version first
       gate_labels: /srv/photos/labels.csv # labelled photos the INT8 model is checked on
       recent_frames: /var/lib/edge-inspect/recent-frames
+      signing_key: /etc/edge-inspect/keys/signing.key  # optional: sign each shipped model card
       promotion: {window_minutes: 10, min_ratio: 0.5, max_ratio: 2.0}
       local:
         lines:
@@ -47,8 +48,12 @@ class PromotionRule(Strict):
                                               "against the previous model's over as long before it")
     min_ratio: float = Field(0.5, ge=0, le=1, description="lowest alert rate allowed, times the previous rate")
     max_ratio: float = Field(2.0, ge=1, description="highest alert rate allowed, times the previous rate")
-    min_alerts: int = Field(5, ge=0, description="fewer alerts than this in both windows: too few to judge a rate "
-                                                 "by, counted as in band")
+    min_alerts: int = Field(5, ge=1, description="enough alerts to compare a rate by: when the previous model "
+                                                 "raised at least this many, the new one must raise min_ratio to "
+                                                 "max_ratio times as many (and more than none); when it raised "
+                                                 "fewer, the new one is in band unless it raises at least this "
+                                                 "many and more than max_ratio times as many (it floods a quiet "
+                                                 "line) or none where the previous raised 3 or more (blind)")
     swap_timeout_minutes: float = Field(30, gt=0, le=7 * 24 * 60,
                                         description="a stage's devices must report the new model within this")
     poll_seconds: float = Field(15, ge=0.05, le=3600, description="how often a waiting stage is judged")
@@ -72,8 +77,10 @@ class LocalDeploySettings(Strict):
 
 class GreengrassDeploySettings(Strict):
     bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$", description="bucket for component artifacts")
-    prefix: str = Field("edge-inspect/components", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
-    component_name: str = Field("com.edgeinspect.Model", pattern=r"^[A-Za-z0-9._-]{1,128}$")
+    # no segment starts with a dot (nor does the component name): `..` would put artifacts outside
+    # the prefix the roles are granted
+    prefix: str = Field("edge-inspect/components", pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*$")
+    component_name: str = Field("com.edgeinspect.Model", pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
     canary_thing_group: str = Field(pattern=r"^[A-Za-z0-9:_-]{1,128}$")
     fleet_thing_group: str = Field(pattern=r"^[A-Za-z0-9:_-]{1,128}$")
     fleet_table: str = Field("edge-inspect-fleet", pattern=r"^[A-Za-z0-9_.-]{3,255}$",
@@ -100,6 +107,9 @@ class DeploySettings(Strict):
     quantize_candidates: list[str] | None = Field(None, description="try only these INT8 candidates (names from "
                                                                     "`edge-inspect quantize`); default: all")
     gate: GateSettings = Field(default_factory=deploy_gate)
+    signing_key: Path | None = Field(None, description="Ed25519 private key (PEM, from `edge-inspect cloud keys "
+                                                       "generate`) that signs each shipped model card; daemons with "
+                                                       "model.public_key serve only signed models")
     promotion: PromotionRule = PromotionRule()
     local: LocalDeploySettings | None = None
     greengrass: GreengrassDeploySettings | None = None

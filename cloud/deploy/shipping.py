@@ -5,6 +5,13 @@ The gate (cloud/quantize) runs on every image there is: all labelled photos of `
 and the recent line frames (fidelity: INT8 must raise FP32's alerts at the same places), and the
 photos the model never trained on (accuracy: mAP50 within a point). A refusal is not an error:
 the lines get the FP32 model, a little slower, never a model that misses what FP32 would catch.
+
+Custody: what ships is what was approved. The downloaded model.onnx must have the sha256 the
+version card recorded at registration (`onnx_sha256`), the device card must describe those bytes,
+and the model must load and pass its self-test with the device's own detector; otherwise a
+DeployError says which version and why, and nothing ships. The INT8 model is made from that checked
+file; the shipped card names the shipped file's sha256 and, with `deploy.signing_key`, is signed
+(cloud/deploy/signing.py), last, so nothing changes it after.
 """
 
 from __future__ import annotations
@@ -18,16 +25,21 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from cloud.aws import AwsError
 from cloud.dataset import image_inside
 from cloud.label_table import approved, read_label_csv
 from cloud.quantize.gate import QuantizationError
 from cloud.quantize.inputs import spread
-from cloud.registry.registry import ModelRegistry
-from device.detector import file_sha256
+from cloud.registry.registry import DEVICE_CARD, ONNX, ModelRegistry, RegistryError, RegistryUnavailable
+from device.custody import check_custody
+from device.detector import ModelError, file_sha256
 from device.images import list_images
 from device.model_card import ModelCard, card_path_for, write_self_test
+from device.model_manager import load_checked
+from device.signing import TrustedKeys
 
 from .settings import DeploySettings
+from .signing import load_signing_key, sign_card
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +57,7 @@ class Shipment(BaseModel):
     model_file: Path  # named model.onnx; its card beside it as model.card.json
     sha256: str
     reason: str  # why this precision, in words
+    signed_by: str | None = None  # the id of the key that signed the card (deploy.signing_key), if any
 
     @property
     def card_file(self) -> Path:
@@ -56,16 +69,65 @@ def _self_test_frames(labels_csv: Path, images_root: Path) -> list[Path]:
     return [image_inside(images_root, r.source_ref) for r in spread(with_boxes, SELF_TEST_FRAMES)]
 
 
-def _stamp(model: Path, version: str, precision: str, reason: str, source: ModelCard | None = None) -> None:
-    """The card the lines see: the registry version (devices report it) and why this precision."""
+def _refused(message: str, content: bool = True) -> Exception:
+    """The version's content is wrong (ShipmentRefused), or (`content=False`) something around it
+    failed and a retry may succeed."""
+    from .deployer import DeployError, ShipmentRefused  # here: deployer imports Shipment from this module
+
+    return ShipmentRefused(message) if content else DeployError(message)
+
+
+def _stamp(model: Path, version: str, precision: str, reason: str) -> None:
+    """The card the lines see: the registry version (devices report it) and why this precision.
+    Its model_sha256 is checked, never re-stamped: it was written for the checked bytes."""
     card_file = card_path_for(model)
-    card = ModelCard.read(card_file) if card_file.is_file() else source
-    assert card is not None
+    card = ModelCard.read(card_file)
+    actual = file_sha256(model)
+    if card.model_sha256 != actual:
+        raise _refused(f"version {version}: the {precision.upper()} card names sha256 {card.model_sha256[:12]} but "
+                       f"the model made is {actual[:12]}: nothing shipped")
     card.model_file = model.name
-    card.model_sha256 = file_sha256(model)
-    extra = {"version": version, "shipping": {"precision": precision, "reason": reason,
-                                              "decided": datetime.now(timezone.utc).isoformat(timespec="seconds")}}
+    extra = {"version": version, "signature": None,  # an earlier signature would not cover this card
+             "shipping": {"precision": precision, "reason": reason,
+                          "decided": datetime.now(timezone.utc).isoformat(timespec="seconds")}}
     ModelCard(**{**card.model_dump(), **extra}).write(card_file)
+
+
+def _checked_fp32(registry: ModelRegistry, version: str, folder: Path) -> Path:
+    """The version's model and card from the registry into folder/fp32/, checked against the version
+    card: the model approved, a card that describes it, and a model the lines' detector serves."""
+    try:
+        expected = registry.get(version).card.onnx_sha256
+        files = registry.download(version, folder / "registry")
+    except RegistryError as exc:  # its messages name the version; AWS or an unreadable registry: an outage
+        raise _refused(str(exc), content=not isinstance(exc, (AwsError, RegistryUnavailable))) \
+            from None
+    missing = [name for name in (ONNX, DEVICE_CARD) if not files.path(name).is_file()]
+    if missing:
+        raise _refused(f"version {version}: the registry's files lack {' and '.join(missing)}: nothing shipped "
+                       "(register the version again from its run)")
+    actual = file_sha256(files.onnx)
+    if actual != expected:
+        raise _refused(f"version {version}: the registry's model.onnx has sha256 {actual[:12]}, but the version card "
+                       f"approved {expected[:12]}: the file changed after registration; nothing shipped")
+    try:
+        card = ModelCard.read(files.path(DEVICE_CARD))
+    except (ValueError, OSError) as exc:
+        raise _refused(f"version {version}: {DEVICE_CARD} is not a readable model card "
+                       f"({str(exc).splitlines()[0]}): nothing shipped") from None
+    if card.model_sha256 != actual:
+        raise _refused(f"version {version}: {DEVICE_CARD} describes sha256 {card.model_sha256[:12]}, not the "
+                       f"approved model.onnx ({actual[:12]}): nothing shipped")
+    fp32 = folder / "fp32" / "model.onnx"
+    _copy(files.path(DEVICE_CARD), card_path_for(fp32))
+    _copy(files.onnx, fp32)
+    try:  # what each line will do with it: custody, load, a finite output, the card's self-test
+        load_checked(fp32)
+    except ModelError as exc:
+        raise _refused(f"version {version}: model.onnx is not a model the lines can serve: {exc}") from None
+    if file_sha256(fp32) != expected:
+        raise _refused(f"version {version}: the copy of model.onnx in {fp32.parent} changed while it was checked")
+    return fp32
 
 
 def _copy(source: Path, target: Path) -> None:
@@ -78,13 +140,15 @@ def prepare_shipment(registry: ModelRegistry, version: str, settings: DeploySett
     from cloud.quantize import quantize_model
 
     folder = settings.work_dir / version
-    files = registry.download(version, folder / "registry")
+    try:  # a key that cannot sign fails the shipment before any work
+        key = load_signing_key(settings.signing_key) if settings.signing_key else None
+    except ValueError as exc:  # the plant's key, not the version: fix it and run again
+        raise _refused(f"version {version}: {exc}", content=False) from None
     ship = folder / "ship"
     if ship.exists():
         shutil.rmtree(ship)
-    fp32 = folder / "fp32" / "model.onnx"
-    _copy(files.onnx, fp32)
-    _copy(files.path("model.card.json"), card_path_for(fp32))
+    (folder / "shipment.json").unlink(missing_ok=True)  # a refused shipment leaves no record of an earlier one
+    fp32 = _checked_fp32(registry, version, folder)
     out = ship / "model.onnx"
     if not settings.quantize:
         precision, reason = "fp32", "quantization is off (deploy.quantize: false)"
@@ -116,7 +180,14 @@ def prepare_shipment(registry: ModelRegistry, version: str, settings: DeploySett
         shutil.copyfile(fp32, tmp)
         os.replace(tmp, out)
     _stamp(out, version, precision, reason)
-    shipment = Shipment(version=version, precision=precision, model_file=out, sha256=file_sha256(out), reason=reason)
+    signed_by = sign_card(card_path_for(out), key) if key is not None else None
+    try:  # the daemon's own check on exactly what ships
+        sha256 = check_custody(out, TrustedKeys([key.public_key()]) if key is not None else None).sha256
+    except ModelError as exc:
+        raise _refused(f"version {version}: the shipment fails the lines' check: {exc}") from None
+    shipment = Shipment(version=version, precision=precision, model_file=out, sha256=sha256, reason=reason,
+                        signed_by=signed_by)
     (folder / "shipment.json").write_text(shipment.model_dump_json(indent=2))
-    log.info("version %s ships %s (%s): %s", version, precision.upper(), shipment.sha256[:12], reason)
+    log.info("version %s ships %s (%s)%s: %s", version, precision.upper(), shipment.sha256[:12],
+             f", card signed by key {signed_by}" if signed_by else "", reason)
     return shipment

@@ -71,7 +71,8 @@ def token_exchange_policy() -> dict[str, Any]:
         statement("DeviceUploadOwnFrames", ["s3:PutObject"],
                   fsub("${" + BUCKET + ".Arn}/${FramesPrefix}/raw/${!credentials-iot:ThingName}/*"),
                   "the uploader writes sampled frames and their JSON beside them, under its own thing's raw "
-                  "prefix only: it can neither read frames nor write another line's."),
+                  "prefix only: it can neither read frames nor write another line's. It creates, never replaces: "
+                  "the bucket policy (BucketFramesWriteOnce) refuses a put without If-None-Match."),
         statement("DeviceArtifactBucketLocation", ["s3:GetBucketLocation"], {"Fn::GetAtt": [BUCKET, "Arn"]},
                   "the nucleus asks the artifact bucket's region before it downloads a component's artifacts."),
         statement("DeviceFetchModelArtifacts", ["s3:GetObject"], fsub("${" + BUCKET + ".Arn}/${ComponentPrefix}/*"),

@@ -155,7 +155,10 @@ def _components(sid: str) -> list[dict[str, Any]]:
     component = arn("greengrass", "components:${ComponentName}")
     return [
         statement(f"{sid}Artifacts", ["s3:PutObject"], fsub("${" + BUCKET + ".Arn}/${ComponentPrefix}/*"),
-                  "uploads the shipped ONNX and card under their content address (written, never read back)."),
+                  "uploads the shipped ONNX and card under their content address."),
+        statement(f"{sid}ArtifactCheck", ["s3:GetObject"], fsub("${" + BUCKET + ".Arn}/${ComponentPrefix}/*"),
+                  "an object already at an artifact's content address is reused only once its stored SHA-256 "
+                  "(HeadObject, or its bytes read back) is the artifact's: a key is not trusted by its name."),
         statement(f"{sid}ArtifactList", ["s3:ListBucket"], {"Fn::GetAtt": [BUCKET, "Arn"]},
                   "lists the artifact's own key to see whether those bytes are already there; only under the "
                   "component prefix.",

@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from cloud.settings import CloudConfig
 
 _BUCKET = r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$"
-_PREFIX = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
+# no segment starts with a dot: `..` or `.` would climb out of the folder the policies grant
+_PREFIX = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*$"
 _NAME = r"^[A-Za-z0-9](-*[A-Za-z0-9]){0,62}$"
 
 
@@ -24,6 +25,8 @@ class InfraParameters(BaseModel):
                                                           "registry and component artifacts, each under its prefix")
     frames_prefix: str = Field("edge-inspect", pattern=_PREFIX, description="the devices' upload.prefix")
     raw_frames_days: int = Field(90, ge=1, le=3650, description="sampled frames expire after this many days")
+    object_lock_days: int = Field(0, ge=0, le=3650, description="S3 Object Lock (governance): no object version is "
+                                  "deleted for this many days; 0 is off; chosen when the bucket is created")
     topic_prefix: str = Field("edge-inspect", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$",
                               description="the devices' mqtt.topic_prefix")
     model_group: str = Field("metal-tags", pattern=_NAME, description="the model package group")

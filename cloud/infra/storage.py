@@ -4,6 +4,17 @@ One bucket, one prefix per job (frames under `{FramesPrefix}/raw/`, labeling, pi
 components), so that each role below is granted its prefixes and nothing else. One customer key:
 the bucket, the fleet table, the logs and the Lambda environments are encrypted with it, and its
 use is logged in CloudTrail.
+
+How frames are protected: a frame's key names its sha256, and the cloud checks the bytes against
+it at every read (ingest, batch, pre-label, dataset copy). The bucket adds three layers so that a
+frame cannot be replaced at all, not only detected:
+- write once: the bucket policy refuses any PutObject under `{FramesPrefix}/raw/` without
+  `If-None-Match` (the `s3:if-none-match` condition key AWS documents for enforcing conditional
+  writes), so an existing frame is never overwritten, even by a compromised device's own role;
+- versioning: an overwrite or delete by anyone else keeps the old version for NONCURRENT_DAYS;
+- optional S3 Object Lock (`ObjectLockDays` > 0, governance mode, chosen when the bucket is
+  created): no version of any object can be deleted for that many days, by lifecycle or by anyone
+  without s3:BypassGovernanceRetention.
 """
 
 from __future__ import annotations
@@ -14,6 +25,11 @@ from .policy import WHY, arn, fsub
 
 KEY, BUCKET, ACCESS_LOGS = "Key", "Bucket", "AccessLogBucket"
 NONCURRENT_DAYS = 30  # an overwritten or deleted object can be brought back for a month
+OBJECT_LOCK = "ObjectLockOn"  # the template's condition: ObjectLockDays > 0
+
+
+def conditions() -> dict[str, Any]:
+    return {OBJECT_LOCK: {"Fn::Not": [{"Fn::Equals": [{"Ref": "ObjectLockDays"}, "0"]}]}}
 
 
 def key() -> dict[str, Any]:
@@ -51,6 +67,12 @@ def bucket() -> dict[str, Any]:
             "ServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": {"Fn::GetAtt": [KEY, "Arn"]}},
             "BucketKeyEnabled": True}]},  # one data key per object batch, not one KMS call per frame
         "VersioningConfiguration": {"Status": "Enabled"},
+        # Object Lock can only be chosen when the bucket is made: set ObjectLockDays at the first deploy
+        "ObjectLockEnabled": {"Fn::If": [OBJECT_LOCK, True, {"Ref": "AWS::NoValue"}]},
+        "ObjectLockConfiguration": {"Fn::If": [OBJECT_LOCK, {
+            "ObjectLockEnabled": "Enabled",
+            "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": {"Ref": "ObjectLockDays"}}}},
+            {"Ref": "AWS::NoValue"}]},
         "LifecycleConfiguration": {"Rules": [
             {"Id": "RawFramesExpire", "Status": "Enabled", "Prefix": fsub("${FramesPrefix}/raw/"),
              "ExpirationInDays": {"Ref": "RawFramesDays"}},
@@ -102,10 +124,21 @@ def _deny_old_tls(bucket_ref: str, sid: str) -> dict[str, Any]:
             "Condition": {"NumericLessThan": {"s3:TlsVersion": "1.2"}}}
 
 
+def _frames_write_once(sid: str) -> dict[str, Any]:
+    WHY[sid] = ("Principal * in a Deny: nobody, a device's own role included, puts a sampled frame or its sidecar "
+                "without If-None-Match, so S3 refuses (412) any write over an existing frame: what was checked and "
+                "labelled stays what is trained on. s3:ObjectCreationOperation leaves multipart parts alone (they "
+                "take no conditional header), as AWS documents for enforcing conditional writes.")
+    return {"Sid": sid, "Effect": "Deny", "Principal": "*", "Action": "s3:PutObject",
+            "Resource": fsub("${" + BUCKET + ".Arn}/${FramesPrefix}/raw/*"),
+            "Condition": {"Null": {"s3:if-none-match": "true"}, "Bool": {"s3:ObjectCreationOperation": "true"}}}
+
+
 def bucket_policy() -> dict[str, Any]:
     return {"Type": "AWS::S3::BucketPolicy", "Properties": {"Bucket": {"Ref": BUCKET}, "PolicyDocument": {
         "Version": "2012-10-17",
-        "Statement": [_deny_plain_http(BUCKET, "BucketDenyPlainHttp"), _deny_old_tls(BUCKET, "BucketDenyOldTls")]}}}
+        "Statement": [_deny_plain_http(BUCKET, "BucketDenyPlainHttp"), _deny_old_tls(BUCKET, "BucketDenyOldTls"),
+                      _frames_write_once("BucketFramesWriteOnce")]}}}
 
 
 def access_log_bucket_policy() -> dict[str, Any]:

@@ -2,6 +2,11 @@
 of frames just uploaded. A message that fails the device's `Samples` contract, or names another
 bucket, is logged and dropped (the frames are still found by the next listing of the bucket).
 
+Bounded: a payload over SAMPLES_MAX_PAYLOAD is dropped unparsed, and a message naming more than
+SAMPLES_MAX_KEYS keys (the device's uploader never sends more) is cut to that many, with one
+warning for the message: every key costs the one serve loop a bucket read, and 10,000 absent keys
+once stalled it for over a minute. Both are counted (`SamplesSubscriber.dropped_*`).
+
 The session is persistent (clean_session False, a fixed client id, QoS 1): while `cloud serve`
 is down, the broker keeps the announcements for it.
 """
@@ -16,10 +21,12 @@ import paho.mqtt.client as paho
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from device.config import TlsConfig, check_topic_prefix, format_validation_error
-from device.contracts import Samples
+from device.contracts import SAMPLES_MAX_KEYS, Samples
 from device.mqtt import apply_tls, describe_refusal
 
 log = logging.getLogger(__name__)
+
+SAMPLES_MAX_PAYLOAD = 4 * 1024 * 1024  # 100 keys are ~11 KB; parsing 4 MB (~40,000 keys) takes milliseconds
 
 
 class BrokerSettings(BaseModel):
@@ -49,9 +56,14 @@ class Announced(BaseModel):
 
     thing: str
     keys: list[str]
+    dropped_keys: int = 0  # keys beyond SAMPLES_MAX_KEYS, left to the next listing
 
 
 def parse_samples(payload: bytes, topic: str, bucket: str) -> Announced | None:
+    if len(payload) > SAMPLES_MAX_PAYLOAD:
+        log.warning("samples: a message on %s is %d bytes (the limit is %d), dropped unread",
+                    topic, len(payload), SAMPLES_MAX_PAYLOAD)
+        return None
     try:
         message = Samples.model_validate_json(payload)
     except ValidationError as exc:
@@ -61,7 +73,15 @@ def parse_samples(payload: bytes, topic: str, bucket: str) -> Announced | None:
     if message.bucket != bucket:
         log.warning("samples: %s announces frames in bucket %s, not ours (%s): dropped", topic, message.bucket, bucket)
         return None
-    return Announced(thing=message.thing, keys=list(message.keys))
+    keys = list(dict.fromkeys(message.keys))  # a key named twice is read once
+    dropped = max(0, len(keys) - SAMPLES_MAX_KEYS)
+    if dropped:
+        log.warning("samples: a message on %s names %d keys; the first %d are taken, %d dropped (the next "
+                    "listing of the bucket finds them)", topic, len(keys), SAMPLES_MAX_KEYS, dropped)
+    return Announced(thing=message.thing, keys=keys[:SAMPLES_MAX_KEYS], dropped_keys=dropped)
+
+
+INBOX_LIMIT = 1000  # announcements waiting for the loop (each names at most SAMPLES_MAX_KEYS keys)
 
 
 class SamplesSubscriber:
@@ -69,8 +89,13 @@ class SamplesSubscriber:
 
     def __init__(self, settings: BrokerSettings, bucket: str) -> None:
         self.settings, self.bucket = settings, bucket
-        self.inbox: queue.Queue[Announced] = queue.Queue()
+        # bounded: a flood of announcements (a looping device, a hostile client) must not grow memory;
+        # what is dropped here the next listing of the bucket finds
+        self.inbox: queue.Queue[Announced] = queue.Queue(maxsize=INBOX_LIMIT)
         self.subscribed = threading.Event()  # the broker acknowledged our subscription
+        self.dropped_messages = 0  # refused whole (schema, size, other bucket)
+        self.dropped_keys = 0  # keys cut from messages over SAMPLES_MAX_KEYS
+        self._full = False  # the inbox was full at the last message: said once until it drains
         self.client = self._client()
 
     def _client(self) -> paho.Client:
@@ -110,5 +135,18 @@ class SamplesSubscriber:
 
     def _on_message(self, client, userdata, message) -> None:
         announced = parse_samples(message.payload, message.topic, self.bucket)
-        if announced is not None:
-            self.inbox.put(announced)
+        if announced is None:
+            self.dropped_messages += 1
+            return
+        self.dropped_keys += announced.dropped_keys
+        try:
+            self.inbox.put_nowait(announced)
+        except queue.Full:
+            self.dropped_messages += 1
+            if not self._full:
+                log.warning("samples: %d announcements wait already; more are dropped until the loop catches up "
+                            "(the next listing of the bucket finds their frames)", INBOX_LIMIT)
+            self._full = True
+        else:
+            if self.inbox.qsize() <= 1:  # drained: a new flood is said again
+                self._full = False

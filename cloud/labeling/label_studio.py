@@ -20,7 +20,10 @@
   when every task of it still in the project has an approved answer (a task deleted in Label
   Studio is a frame someone chose not to label); a deleted project fails the batch.
 - Every call runs once (no retries): a POST retried after the server did it would import a
-  batch twice, and the labeling loop retries the whole step at its next round anyway.
+  batch twice, and the labeling loop retries the whole step at its next round anyway. (The one
+  exception, a call refused with 401 because a Personal Access Token's access token expired, is
+  retried once with a renewed one: label_studio_api.) No call is made before the first batch, so
+  a server down when `cloud serve` starts only delays the batch.
 - The API token comes from an environment variable or a file, never from cloud.yaml; it is
   registered with `device.redact` and never put in an error or a log record. Errors are built
   from the status code and the reply's `detail` only (never a header: replies set a cookie).
@@ -119,7 +122,10 @@ class Ref(BaseModel):
 
 class Rectangle(_Reply):
     """A `rectanglelabels` region's `value`: percent of the image, rotation in degrees clockwise
-    around the top-left corner."""
+    around the top-left corner. Every number finite: JSON's 1e400 parses as infinity, and
+    `inf % 360` is NaN, which math.cos refuses with a ValueError outside the batch's guard."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     x: float
     y: float
@@ -343,7 +349,7 @@ class LabelStudioLabeling:
         def make() -> LabelStudioApi:
             return LabelStudioApi(self.settings.base_url, self._token.get_secret_value(), self.settings.timeout_s)
 
-        return self._call("connecting", make)  # a Personal Access Token is exchanged right here
+        return self._call("connecting", make)  # no call yet: a server down at start fails the first call
 
     # -- errors -------------------------------------------------------------------------------------
 
@@ -373,9 +379,12 @@ class LabelStudioLabeling:
             if exc.status_code in (401, 403):
                 source = (f"the token file {self.settings.token_file}" if self.settings.token_file
                           else f"the environment variable {self.settings.token_env}")
+                # worded without `NAME=value`: the log redactor masks any value after a name that
+                # says "token", and the hint must stay readable (device.redact)
                 return (f"{where}: the API token was refused (HTTP {exc.status_code}: {detail}). Check {source}; "
-                        "a legacy token needs LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true on Label Studio 1.23 and "
-                        f"later, or use a Personal Access Token from {url}/user/account")
+                        "a legacy token works on Label Studio 1.23 and later only when its environment sets "
+                        f"LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN to true; or use a Personal Access Token from "
+                        f"{url}/user/account")
             return f"{where}: HTTP {exc.status_code}: {detail}"
         if isinstance(exc, (ValidationError, ValueError, AttributeError, TypeError)):
             return f"{where}: unexpected reply ({type(exc).__name__}: {_one_line(exc)[:300]}): is `url` a Label Studio?"

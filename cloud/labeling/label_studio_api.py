@@ -5,9 +5,13 @@ share a virtualenv with the device's OpenCV 5. The calls are few and plain JSON;
 parameters and authentication are the SDK's own (label-studio-sdk 2.1.2):
 
 - a legacy API token is sent as `Authorization: Token <t>`; a Personal Access Token is a JWT
-  refresh token, exchanged at `POST /api/token/refresh/` for an access token sent as `Bearer`;
-- every call runs once (no retries): a POST retried after the server did it would import a
-  batch twice, and the labeling loop retries the whole step at its next round;
+  refresh token, exchanged at `POST /api/token/refresh/` for an access token sent as `Bearer`.
+  The exchange happens at the first call, not when the client is made, so a server that is down
+  when `cloud serve` starts is a failed call the loop retries, not a failed start. An access token
+  lives minutes (Simple JWT's default: 5): a 401 is answered by one new exchange and one retry of
+  the call (safe: the server refused it, so it did nothing);
+- otherwise every call runs once (no retries): a POST retried after the server did it would
+  import a batch twice, and the labeling loop retries the whole step at its next round;
 - an error reply becomes `ApiError(status, body)`; its text never holds a header (Label Studio
   sets a session cookie on every reply) or the token.
 """
@@ -48,23 +52,40 @@ def jwt_claims(token: str) -> dict[str, Any] | None:
 
 class LabelStudioApi:
     def __init__(self, base_url: str, token: str, timeout_s: float) -> None:
+        """No call is made here (see the module's note on the exchange)."""
         self.http = httpx.Client(base_url=base_url.rstrip("/") + "/", timeout=timeout_s, follow_redirects=False)
         claims = jwt_claims(token)
+        self._refresh: str | None = None
         if claims is None:
             self.http.headers["Authorization"] = f"Token {token}"
         elif claims.get("token_type") == "refresh":
-            access = self._send("POST", "api/token/refresh/", json={"refresh": token})
-            if not isinstance(access, dict) or not access.get("access"):
-                raise ApiError(502, {"detail": "the token refresh reply has no access token"})
-            self.http.headers["Authorization"] = f"Bearer {access['access']}"
+            self._refresh = token  # traded for an access token at the first call
         else:
             self.http.headers["Authorization"] = f"Bearer {token}"
 
     def close(self) -> None:
         self.http.close()
 
+    def _renew(self) -> None:
+        """A new access token for the Personal Access Token. The stale one is not sent with the
+        request: an invalid Bearer is refused even where no authentication is needed."""
+        self.http.headers.pop("Authorization", None)
+        access = self._reply(self.http.request("POST", "api/token/refresh/", json={"refresh": self._refresh}))
+        if not isinstance(access, dict) or not access.get("access"):
+            raise ApiError(502, {"detail": "the token refresh reply has no access token"})
+        self.http.headers["Authorization"] = f"Bearer {access['access']}"
+
     def _send(self, method: str, path: str, **kwargs: Any) -> Any:
+        if self._refresh is not None and "Authorization" not in self.http.headers:
+            self._renew()
         reply = self.http.request(method, path, **kwargs)
+        if reply.status_code == 401 and self._refresh is not None:  # the access token expired
+            self._renew()
+            reply = self.http.request(method, path, **kwargs)
+        return self._reply(reply)
+
+    @staticmethod
+    def _reply(reply: httpx.Response) -> Any:
         try:
             body = reply.json() if reply.content else None
         except ValueError:

@@ -22,7 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.aws import AwsError, aws_call
 from cloud.label_table import LabelRecord, LabelTableError, safe_relative_path
-from cloud.labels.as_of import as_of_sql
+from cloud.labels.as_of import as_of_sql, check_as_of
+from cloud.labels.known import known_sql
+from cloud.labels.rules import SetAside, check_versions, versions_from_rows
 from cloud.labels.store import LabelStoreError
 from cloud.labels.versions import COLUMNS, EVENT_TIME, RECORD_ID, LabelVersion
 
@@ -92,6 +94,7 @@ class FeatureStoreLabelStore:
         self.sagemaker, self.runtime, self.athena = sagemaker, featurestore_runtime, athena
         self._sleep, self._clock = sleep, clock
         self._table: tuple[str, str, str] | None = None  # (catalog, database, table) once described
+        self.set_aside: list[SetAside] = []
 
     @classmethod
     def from_session(cls, settings: FeatureStoreSettings, session: Any) -> FeatureStoreLabelStore:
@@ -204,7 +207,7 @@ class FeatureStoreLabelStore:
 
     def append(self, versions: Iterable[LabelVersion]) -> int:
         written = 0
-        for version in versions:
+        for version in check_versions(versions):  # all checked before the first is put
             record = [{"FeatureName": name, "ValueAsString": str(value)} for name, value in version.columns().items()]
             try:
                 _call(self.runtime, "put_record", FeatureGroupName=self.settings.feature_group_name, Record=record,
@@ -219,7 +222,11 @@ class FeatureStoreLabelStore:
     # -- reading ----------------------------------------------------------------------------
 
     def as_of(self, as_of: float) -> list[LabelRecord]:
+        as_of = check_as_of(as_of)  # before any AWS call
         return [v.record for v in self._query(as_of_sql(self._quoted_table(), as_of))]
+
+    def known(self, prefix: str) -> list[LabelVersion]:
+        return self._query(known_sql(self._quoted_table(), prefix))
 
     def history(self, source_ref: str) -> list[LabelVersion]:
         literal = _quote_literal(source_ref)
@@ -231,17 +238,17 @@ class FeatureStoreLabelStore:
         return f'"{database}"."{table}"'
 
     def _query(self, sql: str) -> list[LabelVersion]:
-        """Run `sql` on Athena, wait for it, and parse every result row as a label version."""
+        """Run `sql` on Athena, wait for it, and parse every result row as a label version (a row
+        that fails the rules is set aside: `set_aside`)."""
+        self.set_aside = []
         catalog, database, _ = self._glue_table()
         query_id = _call(self.athena, "start_query_execution", QueryString=sql,
                          QueryExecutionContext={"Catalog": catalog, "Database": database},
                          ResultConfiguration={"OutputLocation": self.settings.athena_output_s3_uri},
                          WorkGroup=self.settings.athena_workgroup)["QueryExecutionId"]
         self._wait_for_query(query_id)
-        try:
-            return [LabelVersion.from_columns(row) for row in self._result_rows(query_id)]
-        except LabelTableError as exc:
-            raise LabelStoreError(f"athena query {query_id}: {exc}") from exc
+        versions, self.set_aside = versions_from_rows(self._result_rows(query_id), f"athena query {query_id}")
+        return versions
 
     def _wait_for_query(self, query_id: str) -> None:
         def finished() -> bool:

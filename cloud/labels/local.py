@@ -16,8 +16,10 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from cloud.label_table import LabelRecord, LabelTableError, safe_relative_path
-from cloud.labels.as_of import as_of_sql
+from cloud.label_table import LabelRecord, safe_relative_path
+from cloud.labels.as_of import as_of_sql, check_as_of
+from cloud.labels.known import known_sql
+from cloud.labels.rules import SetAside, check_versions, versions_from_rows
 from cloud.labels.store import LabelStoreError
 from cloud.labels.versions import COLUMNS, LabelVersion
 
@@ -28,11 +30,12 @@ class LocalLabelStore:
     def __init__(self, root: Path, feature_group: str = "edge-inspect-labels") -> None:
         safe_relative_path(feature_group)  # a name, not a path
         self.data = Path(root) / feature_group / "data"
+        self.set_aside: list[SetAside] = []
 
     def append(self, versions: Iterable[LabelVersion]) -> int:
         import duckdb
 
-        rows = [v.columns() for v in versions]
+        rows = [v.columns() for v in check_versions(versions)]
         if not rows:
             return 0
         try:
@@ -84,16 +87,22 @@ class LocalLabelStore:
                 rows = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
         except duckdb.Error as exc:
             raise LabelStoreError(f"label store {self.data}: query failed: {exc}") from None
-        try:
-            return [LabelVersion.from_columns(row) for row in rows]
-        except LabelTableError as exc:
-            raise LabelStoreError(f"label store {self.data}: {exc}") from None
+        versions, self.set_aside = versions_from_rows(rows, f"label store {self.data}")
+        return versions
 
     def as_of(self, as_of: float) -> list[LabelRecord]:
+        as_of = check_as_of(as_of)
+        self.set_aside = []
         table = self._table()
         return [] if table is None else [v.record for v in self._query(as_of_sql(table, as_of))]
 
+    def known(self, prefix: str) -> list[LabelVersion]:
+        self.set_aside = []
+        table = self._table()
+        return [] if table is None else self._query(known_sql(table, prefix))
+
     def history(self, source_ref: str) -> list[LabelVersion]:
+        self.set_aside = []
         table = self._table()
         if table is None:
             return []

@@ -8,7 +8,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from cloud.label_table import LabelRecord, LabelTableError, records_from_rows
+from cloud.label_table import LabelRecord, LabelTableError, record_from_row
 
 # column -> Feature Store feature type; the order is the Parquet schema's
 COLUMNS: dict[str, str] = {
@@ -34,17 +34,24 @@ class LabelVersion:
         boxes = [{"class_id": b.class_id, "left": b.left, "top": b.top, "width": b.width, "height": b.height}
                  for b in r.boxes]
         return {"source_ref": r.source_ref, "image_width": r.image_width, "image_height": r.image_height,
-                "annotations": json.dumps(boxes), "status": r.status, "event_time": float(r.event_time),
+                "annotations": json.dumps(boxes, allow_nan=False), "status": r.status, "event_time": float(r.event_time),
                 "labeling_job": r.labeling_job, "deleted": int(self.deleted)}
 
     @classmethod
     def from_columns(cls, row: Mapping[str, object]) -> LabelVersion:
-        """A stored row back; the same validation as any label-table row (bad rows are errors)."""
+        """A stored row back; the same validation as any label-table row. Every problem is a
+        LabelTableError (readers set such a row aside: cloud.labels.rules.versions_from_rows)."""
         missing = [c for c in COLUMNS if c not in row]
         if missing:
-            raise LabelTableError(f"label store row {row.get('source_ref', '?')}: missing column(s) {missing}")
-        (record,) = records_from_rows([row])
-        return cls(record, bool(int(float(row["deleted"]))))
+            raise LabelTableError(f"label store row {str(row.get('source_ref', '?'))[:200]!r}: missing column(s) {missing}")
+        record = record_from_row(row, f"label store row {str(row['source_ref'])[:200]!r}")
+        try:
+            deleted = int(float(row["deleted"]))  # type: ignore[arg-type]
+        except (TypeError, ValueError, OverflowError):
+            deleted = -1
+        if deleted not in (0, 1):
+            raise LabelTableError(f"label store row {record.source_ref[:200]!r}: deleted is {row['deleted']!r}, expected 0 or 1")
+        return cls(record, bool(deleted))
 
 
 def deletion(source_ref: str, event_time: float, labeling_job: str = "", width: int = 1, height: int = 1) -> LabelVersion:

@@ -9,6 +9,8 @@ plant already relied on. The gate checks the second comparison with its own tole
 from __future__ import annotations
 
 import json
+import logging
+import re
 import shutil
 import tempfile
 from collections.abc import Collection
@@ -17,7 +19,12 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict
 
+from cloud.dataset import SPLIT_FILE, read_split_file
 from cloud.evaluation import evaluate
+from cloud.label_table import LabelTableError
+from device.runtimes import file_sha256
+
+log = logging.getLogger(__name__)
 
 OUTPUT = "evaluation.json"
 PRODUCTION_TEST = "production_test"  # the split (and folder) of production's own test photos
@@ -75,29 +82,50 @@ def photos_subset(data_yaml: Path, photo_ids: Collection[str], out: Path) -> Pat
         raise NoSubset("production's version card lists no test photos")
     spec = yaml.safe_load(data_yaml.read_text())
     root = Path(spec.get("path") or data_yaml.parent)
-    split_file = root / "split.json"
-    files = json.loads(split_file.read_text()).get("files") if split_file.is_file() else None
-    if files is None:
+    split_file = root / SPLIT_FILE
+    try:
+        index = read_split_file(split_file) if split_file.is_file() else None
+    except LabelTableError as exc:  # split.json may come from another machine (S3): a clear refusal, no traceback
+        raise NoSubset(str(exc)) from None
+    if index is None or index.files is None:
         raise NoSubset("the dataset does not say which photo each image shows (written before it did): "
                        "start a new run")
     wanted = set(photo_ids)
-    chosen = sorted(name for name, photo in files.get("test", {}).items() if photo in wanted)
+    chosen = sorted(name for name, photo in index.files.get("test", {}).items() if photo in wanted)
     if not chosen:
         raise NoSubset(f"none of production's {len(wanted)} test photos is in this test split (were the split "
                        "settings changed?)")
     for sub in ("images", "labels"):
         shutil.rmtree(out / sub / PRODUCTION_TEST, ignore_errors=True)
         (out / sub / PRODUCTION_TEST).mkdir(parents=True)
+    recorded = index.sha256.get("test", {})
+    copied = 0
     for name in chosen:
         if Path(name).name != name or name in ("", ".", ".."):  # split.json may come from another machine (S3)
             raise NoSubset(f"split.json names an image {name!r} that is not a plain file name")
-        shutil.copyfile(root / "images" / "test" / name, out / "images" / PRODUCTION_TEST / name)
-        label = Path(name).with_suffix(".txt").name
-        shutil.copyfile(root / "labels" / "test" / label, out / "labels" / PRODUCTION_TEST / label)
+        image, label = root / "images" / "test" / name, root / "labels" / "test" / Path(name).with_suffix(".txt").name
+        if not image.is_file() or not label.is_file():
+            raise NoSubset(f"split.json names a test image {name!r} the dataset does not hold: start a new run")
+        expected = recorded.get(name) or _sha256_in_name(name)
+        if expected is not None and file_sha256(image) != expected:
+            log.warning("evaluate: set aside %s: its sha256 is not the one the dataset recorded (the file changed "
+                        "after the dataset was built)", name)
+            continue
+        shutil.copyfile(image, out / "images" / PRODUCTION_TEST / name)
+        shutil.copyfile(label, out / "labels" / PRODUCTION_TEST / label.name)
+        copied += 1
+    if not copied:
+        raise NoSubset("every test image of production's photos changed after the dataset was built (see the log)")
     subset = out / "data.yaml"
     subset.write_text(yaml.safe_dump({"path": str(out.resolve()), PRODUCTION_TEST: f"images/{PRODUCTION_TEST}",
                                       "names": spec["names"]}, sort_keys=False))
     return subset
+
+
+def _sha256_in_name(name: str) -> str | None:
+    """A device frame's file is named by its bytes' sha256 (`{sha256}.jpg`)."""
+    match = re.fullmatch(r"([0-9a-f]{64})\.jpg", name)
+    return match[1] if match else None
 
 
 def _on_production_test(candidate: Path, production: Path, data_yaml: Path, alert_conf: float,

@@ -2,11 +2,19 @@
 other in this process. Every step leaves its output in the run's folder, so a run interrupted at
 any point (kill -9 included) resumes where it stopped: finished steps are not redone, training
 continues from its last whole checkpoint, and registering is idempotent by run id.
+
+A run that cannot finish is not resumed for ever: an error known to repeat (the labels, the
+production version's files or card, a model that does not load) fails it at once with the
+reason; an outage (the bucket or the registry unreachable, a full disk, a locked database) is not
+the run's fault and counts nothing (the run resumes when it has passed); any other error is
+counted, and the third failure of the same step abandons it (runs.MAX_ATTEMPTS).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,8 +29,15 @@ from cloud.pipeline import train as train_step
 from cloud.pipeline.candidate import assemble, export_candidate, production_test_photos, read_card
 from cloud.pipeline.gate import decide
 from cloud.pipeline.params import PipelineParams
-from cloud.pipeline.runs import RunBusy, RunRecord, RunStore
-from cloud.registry.registry import ModelRegistry, VersionFiles, production
+from cloud.pipeline.runs import MAX_ATTEMPTS, RunBusy, RunRecord, RunStore
+from cloud.registry.registry import (
+    ModelRegistry,
+    RegistryError,
+    RegistryUnavailable,
+    VersionFiles,
+    first_line,
+    production,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +92,75 @@ def abandon(site: OnSite, run_id: str, reason: str) -> RunRecord:
         return site.runs.finish(run_id, "failed", reason=f"abandoned: {reason}")
 
 
+def permanent(exc: BaseException) -> bool:
+    """An error a retry would repeat: the labels, the registry's answer about a version (not an AWS
+    outage), a model or checkpoint that does not load."""
+    from cloud.aws import AwsError
+    from cloud.checkpoint import CheckpointError
+    from device.detector import ModelError
+
+    if isinstance(exc, (AwsError, RegistryUnavailable)):
+        return False
+    return isinstance(exc, (LabelTableError, RegistryError, ModelError, CheckpointError))
+
+
+# outages: errno values of a full disk or an unreachable peer
+OUTAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT,
+                 errno.EHOSTUNREACH, errno.ENETUNREACH}
+
+
+def _mlflow_outage(exc: BaseException) -> bool:
+    """Any MLflow error but "no such version" (a locked database, a server down)."""
+    try:
+        from mlflow.exceptions import MlflowException
+    except ImportError:  # a plant on AWS has no MLflow
+        return False
+    return isinstance(exc, MlflowException) and \
+        exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+def outage(exc: BaseException) -> bool:
+    """An error that says nothing about the run (the bucket, the registry or the disk was away):
+    it is not counted toward abandoning it. Looks through the exception's causes."""
+    from cloud.storage import StorageError
+
+    seen: BaseException | None = exc
+    for _ in range(10):  # a chain, not a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, (StorageError, RegistryUnavailable, ConnectionError, TimeoutError)):
+            return True
+        if isinstance(seen, OSError) and seen.errno in OUTAGE_ERRNOS:
+            return True
+        if isinstance(seen, sqlite3.OperationalError) and "locked" in str(seen):
+            return True
+        if _mlflow_outage(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def execute(site: OnSite, record: RunRecord, command: str) -> RunRecord:
     try:
         return _steps(site, record, command)
-    except LabelTableError as exc:  # the labels, not the machine: retrying would fail the same way
-        log.error("%s failed: %s", record.run_id, exc)
-        return site.runs.finish(record.run_id, "failed", reason=str(exc))
+    except Exception as exc:
+        reason = first_line(exc)
+        if permanent(exc):
+            log.error("%s failed: %s", record.run_id, reason)
+            return site.runs.finish(record.run_id, "failed", reason=reason)
+        if outage(exc):
+            log.warning("%s: an outage stopped it (%s); not counted against the run, which resumes at the next "
+                        "start", record.run_id, reason)
+            raise
+        counted = site.runs.failed_attempt(record.run_id, reason)
+        if counted.attempts >= MAX_ATTEMPTS:
+            log.error("%s abandoned after %d failed attempts at %s: %s", record.run_id, counted.attempts,
+                      counted.failed_step, reason)
+            return site.runs.finish(record.run_id, "failed", reason=f"abandoned after {counted.attempts} failed "
+                                                                     f"attempts at {counted.failed_step}: {reason}")
+        log.warning("%s: attempt %d of %d at %s failed (%s); the run resumes at the next start", record.run_id,
+                    counted.attempts, MAX_ATTEMPTS, counted.failed_step, reason)
+        raise
 
 
 def _production_files(site: OnSite, version: str | None, work: Path) -> VersionFiles | None:

@@ -29,6 +29,9 @@ class DatasetSummary(BaseModel):
     photos: dict[str, list[str]]
     split: SplitParams
     val_is_train: bool = False  # no photo fell in val yet: the epoch is picked on the training photos
+    # labelled images left out, and why (a frame deleted, expired or overwritten in the bucket since it
+    # was labelled): the card says what the model was not made of, so a shrinking dataset is seen
+    set_aside: dict[str, str] = {}
 
 
 class PreprocessOutput(BaseModel):
@@ -50,7 +53,8 @@ def preprocess(store: LabelStore, images: ImageSource, as_of: float, split: Spli
     summary = assigned.summary()
     result = PreprocessOutput(data_yaml=data_yaml, dataset=DatasetSummary(
         as_of=as_of, fingerprint=assigned.table_sha256, split_sha256=assigned.split_sha256,
-        images=summary["images"], photos=summary["photos"], split=split, val_is_train=val_is_train))
+        images=summary["images"], photos=summary["photos"], split=split, val_is_train=val_is_train,
+        set_aside=assigned.set_aside))
     (out / OUTPUT).write_text(result.model_dump_json(indent=2))
     return result
 

@@ -4,7 +4,13 @@ ended), and a lock file so that one run goes at a time across processes (`cloud 
 holder; the next start resumes it instead of starting another.
 
 States: running -> registered | refused (the gate said no, with the reason) | failed (an error
-that a retry would repeat: bad labels, no photos; the reason says which).
+that a retry would repeat: bad labels, no photos, a production version whose files are broken; the
+reason says which).
+
+A run that fails with an error that may pass (anything not known to repeat) stays `running` and is
+resumed, but each failure is counted against the step it happened at: after MAX_ATTEMPTS failures
+of the same step the run is abandoned with the reason, instead of failing at every retrain check
+for ever. A run killed outright (kill -9, a stop) counts nothing: it resumes from its last epoch.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from pydantic import BaseModel, ConfigDict
 from cloud.pipeline.params import PipelineParams
 
 RunState = Literal["running", "registered", "refused", "failed"]
+MAX_ATTEMPTS = 3  # failures of one step before the run is abandoned
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -38,6 +45,10 @@ CREATE TABLE IF NOT EXISTS runs (
     reason TEXT
 );
 """
+# columns added after the first release: a state file written before them gains them on open
+MIGRATIONS = {"attempts": "ALTER TABLE runs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+              "failed_step": "ALTER TABLE runs ADD COLUMN failed_step TEXT",
+              "last_error": "ALTER TABLE runs ADD COLUMN last_error TEXT"}
 
 
 class RunBusy(RuntimeError):
@@ -55,10 +66,15 @@ class RunRecord(BaseModel):
     updated: float
     version: str | None = None
     reason: str | None = None
+    attempts: int = 0  # failures of `failed_step` so far
+    failed_step: str | None = None
+    last_error: str | None = None
 
     def line(self) -> str:
         when = datetime.fromtimestamp(self.created, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
         outcome = f"version {self.version}" if self.version else (self.reason or "")
+        if self.state == "running" and self.attempts:
+            outcome = f"{self.attempts} failed attempt(s) at {self.failed_step}: {self.last_error}"
         return f"{self.run_id}  {when}  {self.state:<10} {self.step:<10} {outcome}"
 
 
@@ -70,6 +86,10 @@ class RunStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(runs)")}
+        for column, sql in MIGRATIONS.items():
+            if column not in have:
+                self.db.execute(sql)
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -94,10 +114,11 @@ class RunStore:
     def _rows(self, where: str = "", args: tuple = ()) -> list[RunRecord]:
         with self._lock:
             rows = self.db.execute(
-                f"SELECT run_id, state, step, params, created, updated, version, reason FROM runs {where} "
-                "ORDER BY created, run_id", args).fetchall()
+                f"SELECT run_id, state, step, params, created, updated, version, reason, attempts, failed_step, "
+                f"last_error FROM runs {where} ORDER BY created, run_id", args).fetchall()
         return [RunRecord(run_id=r[0], state=r[1], step=r[2], params=PipelineParams.model_validate_json(r[3]),
-                          created=r[4], updated=r[5], version=r[6], reason=r[7]) for r in rows]
+                          created=r[4], updated=r[5], version=r[6], reason=r[7], attempts=r[8], failed_step=r[9],
+                          last_error=r[10]) for r in rows]
 
     def runs(self) -> list[RunRecord]:
         return self._rows()
@@ -109,13 +130,21 @@ class RunStore:
     def create(self, run_id: str, params: PipelineParams) -> RunRecord:
         now = time.time()
         with self._lock:
-            self.db.execute("INSERT INTO runs VALUES (?, 'running', 'preprocess', ?, ?, ?, NULL, NULL)",
-                            (run_id, params.model_dump_json(), now, now))
+            self.db.execute("INSERT INTO runs (run_id, state, step, params, created, updated) "
+                            "VALUES (?, 'running', 'preprocess', ?, ?, ?)", (run_id, params.model_dump_json(), now, now))
         return self._rows("WHERE run_id = ?", (run_id,))[0]
 
     def step(self, run_id: str, step: str) -> None:
         with self._lock:
             self.db.execute("UPDATE runs SET step = ?, updated = ? WHERE run_id = ?", (step, time.time(), run_id))
+
+    def failed_attempt(self, run_id: str, error: str) -> RunRecord:
+        """Count a failure at the run's current step (a failure at another step starts again at 1)."""
+        with self._lock:
+            self.db.execute("UPDATE runs SET attempts = CASE WHEN failed_step = step THEN attempts + 1 ELSE 1 END, "
+                            "failed_step = step, last_error = ?, updated = ? WHERE run_id = ?",
+                            (error, time.time(), run_id))
+        return self._rows("WHERE run_id = ?", (run_id,))[0]
 
     def finish(self, run_id: str, state: RunState, version: str | None = None, reason: str | None = None) -> RunRecord:
         with self._lock:

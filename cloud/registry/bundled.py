@@ -3,7 +3,8 @@ weights (ONNX cannot be fine-tuned) and is gated against it.
 
 The ONNX and its device card ship in device/models/ (the daemon needs them); the Ultralytics
 checkpoint and the version card that made them ship here, in cloud/registry/bundled/. Registered
-Approved, "by edge-inspect (bundled model)", only into an empty registry: a plant that already has
+Approved, "by edge-inspect (bundled model)", and deployed (the daemons ship with it: it is what
+the fleet runs until a rollout finishes), only into an empty registry: a plant that already has
 versions keeps its own history.
 """
 
@@ -17,11 +18,13 @@ from pathlib import Path
 
 from cloud.pipeline.card import VersionCard
 from cloud.registry.registry import (
+    BUNDLED_BY,
     CHECKPOINT,
     DEVICE_CARD,
     ONNX,
     VERSION_CARD,
     Approval,
+    DeploymentStatus,
     ModelRegistry,
     ModelVersion,
     RegistryError,
@@ -32,7 +35,8 @@ from device.model_card import card_path_for
 
 log = logging.getLogger(__name__)
 
-BUNDLED_BY = "edge-inspect (bundled model)"
+__all__ = ["BUNDLED_BY", "NAME", "bundled_files", "seed_bundled"]
+
 NAME = "metal-tags-yolov8n"
 
 
@@ -58,5 +62,6 @@ def seed_bundled(registry: ModelRegistry) -> ModelVersion | None:
         for name, source in sources.items():
             shutil.copyfile(source, Path(scratch) / name)
         version = registry.register(VersionFiles(folder=Path(scratch)), card, Approval.APPROVED, BUNDLED_BY)
+    version = registry.record_deployment(version.version, DeploymentStatus.DEPLOYED, "the daemons ship with it")
     log.info("registry: the bundled model is %s version %s (Approved)", registry.group, version.version)
     return version

@@ -6,7 +6,9 @@ pin it and nothing can change under it).
 What the package holds:
 - `ModelApprovalStatus`: PendingManualApproval -> Approved | Rejected (the same values on site);
 - `CustomerMetadataProperties`: the files' S3 URIs, the run id, the test figures of candidate and
-  production, the dataset fingerprint and as-of time, the parent version, who decided and when;
+  production, the dataset fingerprint and as-of time, the parent version, who decided and when,
+  and the deployment status the deployment state machine records (`deployment_status`: deployed
+  or ship-failed, `deployment_at`, `deployment_reason`; UpdateModelPackage merges these keys);
 - `ModelMetrics.ModelQuality.Statistics`: the whole version card (JSON) in S3;
 - `MetadataProperties.CommitId`: the code version; `SourceUri`: the ONNX.
 No `InferenceSpecification`: the model is served by the edge daemon, not by a SageMaker endpoint.
@@ -29,17 +31,24 @@ from cloud.registry.registry import (
     ONNX,
     VERSION_CARD,
     Approval,
+    Deployment,
+    DeploymentStatus,
     ModelVersion,
     RegistryError,
+    UnreadableVersion,
     VersionFiles,
     by_run,
     check_decision,
+    first_line,
+    readable,
+    require_files,
 )
 from cloud.settings import SageMakerRegistrySettings
 
 URI_KEYS = {ONNX: "onnx_uri", CHECKPOINT: "checkpoint_uri", DEVICE_CARD: "device_card_uri", VERSION_CARD: "card_uri"}
 # CustomerMetadataProperties values: at most 256 of these characters (botocore's service model)
 _METADATA_VALUE = re.compile(r"^[\w\s.:/=+\-@]{1,256}$")
+_DIGEST_IN_KEY = re.compile(r"/sha256/(?P<digest>[0-9a-f]{64})/[^/]+$")  # `_upload`'s content-addressed keys
 _S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])/(?P<key>[A-Za-z0-9_.\-/]+)$")
 
 
@@ -53,6 +62,12 @@ def metadata_value(name: str, value: object) -> str:
         raise RegistryError(f"{name} {text[:40]!r} cannot be stored in SageMaker's customer metadata "
                             "(letters, digits, spaces and _.:/=+-@ only, at most 256)")
     return text
+
+
+def metadata_text(text: str) -> str:
+    """Free text (a failure's reason) as a metadata value: other characters become spaces."""
+    cleaned = " ".join(re.sub(r"[^\w\s.:/=+\-@]", " ", text).split())[:256]
+    return cleaned or "-"
 
 
 def client_token(run_id: str) -> str:
@@ -101,7 +116,13 @@ class SageMakerRegistry:
         if not match or match["bucket"] != self.settings.bucket or ".." in match["key"].split("/"):
             raise RegistryError(f"{uri!r} is not an object of the registry's bucket {self.settings.bucket}")
         response = aws_call(self.s3, "get_object", RegistryAwsError, Bucket=match["bucket"], Key=match["key"])
-        return response["Body"].read()
+        data = response["Body"].read()
+        named = _DIGEST_IN_KEY.search(match["key"])
+        # a key `_upload` made names its content: bytes that are not that content were replaced in the bucket
+        if named is not None and hashlib.sha256(data).hexdigest() != named["digest"]:
+            raise RegistryError(f"{uri} does not hold the content its key names: the object was replaced in the "
+                                "bucket; it is not shipped or trained from")
+        return data
 
     # --- versions -------------------------------------------------------------------------------
     def register(self, files: VersionFiles, card: VersionCard, status: Approval = Approval.PENDING,
@@ -155,16 +176,36 @@ class SageMakerRegistry:
             raise RegistryError(f"{arn} was not registered by edge-inspect (no card_uri in its metadata)")
         card = VersionCard.model_validate_json(self._read(meta["card_uri"]))
         description = found.get("ApprovalDescription") or ""
+        deployment = None
+        if meta.get("deployment_status"):
+            deployment = Deployment(status=DeploymentStatus(meta["deployment_status"]), at=meta.get("deployment_at", ""),
+                                    reason=meta.get("deployment_reason", ""))
         return ModelVersion(
             group=self.group, version=str(found["ModelPackageVersion"]), status=Approval(found["ModelApprovalStatus"]),
             created=found["CreationTime"].isoformat(timespec="seconds"), run_id=meta.get("run_id", card.run_id),
             card=card, decided_by=meta.get("decided_by"), decided_at=meta.get("decided_at"),
             reason=description.split(": ", 1)[1] if ": " in description else None,
-            location=arn)
+            location=arn, deployment=deployment)
+
+    def _entry(self, arn: str) -> ModelVersion | UnreadableVersion:
+        try:
+            return self._version(arn)
+        except RegistryAwsError as exc:
+            if exc.code in ("ThrottlingException", "InternalFailure", "ServiceUnavailable"):
+                raise  # the service, not this version: the whole listing is retried
+            reason = first_line(exc)
+        except Exception as exc:  # a lost card object, an edited one: this version only
+            reason = first_line(exc)
+        return UnreadableVersion(group=self.group, version=arn.rsplit("/", 1)[-1],
+                                 reason=f"its version card cannot be read: {reason}")
+
+    def entries(self) -> list[ModelVersion | UnreadableVersion]:
+        self._ensure_group()
+        return sorted((self._entry(arn) for arn in self._arns()),
+                      key=lambda v: int(v.version) if v.version.isdigit() else 0)
 
     def versions(self) -> list[ModelVersion]:
-        self._ensure_group()
-        return sorted((self._version(arn) for arn in self._arns()), key=lambda v: int(v.version))
+        return readable(self.entries())
 
     def _arn(self, version: str) -> str:
         if not str(version).isdigit():
@@ -189,10 +230,18 @@ class SageMakerRegistry:
                    CustomerMetadataProperties={"decided_by": metadata_value("decided_by", by), "decided_at": now_iso()})
         return self.get(version)
 
+    def record_deployment(self, version: str, status: DeploymentStatus, reason: str = "") -> ModelVersion:
+        current = self.get(version)
+        self._call("update_model_package", ModelPackageArn=current.location, CustomerMetadataProperties={
+            "deployment_status": status.value, "deployment_at": now_iso(), "deployment_reason": metadata_text(reason)})
+        return self.get(version)
+
     def download(self, version: str, dest: Path) -> VersionFiles:
         found = self._call("describe_model_package", ModelPackageName=self._arn(version))
         meta = found.get("CustomerMetadataProperties", {})
         dest.mkdir(parents=True, exist_ok=True)
         for name, key in URI_KEYS.items():
-            (dest / name).write_bytes(self._read(meta[key]))
-        return VersionFiles(folder=dest)
+            (dest / name).unlink(missing_ok=True)
+            if key in meta:
+                (dest / name).write_bytes(self._read(meta[key]))
+        return require_files(VersionFiles(folder=dest), version)
